@@ -1,0 +1,65 @@
+"""Every SGLANG_* environment knob, in one place, with its default."""
+
+from __future__ import annotations
+
+import os
+
+
+def _float(name: str, default: float) -> float:
+    v = os.environ.get(name)
+    return default if v in (None, "") else float(v)
+
+
+def _int(name: str, default: int) -> int:
+    v = os.environ.get(name)
+    return default if v in (None, "") else int(v)
+
+
+def _bool(name: str, default: bool) -> bool:
+    v = os.environ.get(name)
+    return default if v in (None, "") else v.lower() in ("1", "true", "yes", "on")
+
+
+class _Env:
+    # PD disaggregation runtime (names and defaults as in SGLang)
+    @property
+    def bootstrap_timeout(self) -> float:
+        return _float("SGLANG_DISAGGREGATION_BOOTSTRAP_TIMEOUT", 300.0)
+
+    @property
+    def waiting_timeout(self) -> float:
+        return _float("SGLANG_DISAGGREGATION_WAITING_TIMEOUT", 300.0)
+
+    @property
+    def heartbeat_interval(self) -> float:
+        return max(0.2, _float("SGLANG_DISAGGREGATION_HEARTBEAT_INTERVAL", 5.0))
+
+    @property
+    def heartbeat_max_failure(self) -> int:
+        return max(1, _int("SGLANG_DISAGGREGATION_HEARTBEAT_MAX_FAILURE", 2))
+
+    @property
+    def transfer_threads(self) -> int:
+        return max(1, _int("SGLANG_DISAGGREGATION_THREAD_POOL_SIZE", 4))
+
+    @property
+    def max_transfer_batch(self) -> int:
+        """Most blocks in one transfer-engine batch call (huge batches fail on Mooncake TCP)."""
+        return max(1, _int("SGLANG_MOONCAKE_MAX_TRANSFER_BATCH_INDICES", 128))
+
+    @property
+    def nixl_backend(self) -> str:
+        return os.environ.get("SGLANG_DISAGGREGATION_NIXL_BACKEND", "UCX")
+
+    @property
+    def test_failure_prob(self) -> float:
+        return _float("SGLANG_TEST_DISAGG_FAILURE_PROB", 0.0)
+
+    # engine
+    @property
+    def num_threads(self) -> int:
+        """torch CPU threads of a scheduler (0: torch's default)."""
+        return _int("SGLANG_CPU_THREADS", 0)
+
+
+envs = _Env()

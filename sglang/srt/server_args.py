@@ -1,0 +1,147 @@
+"""Every launch_server flag: its name (SGLang's), its default, its validation."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import Optional
+
+DISAGG_MODES = ("null", "prefill", "decode")
+TRANSFER_BACKENDS = ("mooncake", "nixl", "fake")
+
+
+@dataclass
+class ServerArgs:
+    model_path: str
+    tokenizer_path: Optional[str] = None
+    host: str = "127.0.0.1"
+    port: int = 30000
+    device: Optional[str] = None  # cpu | cuda; None = cuda when available
+    base_gpu_id: int = 0
+    dtype: str = "auto"
+    load_format: str = "auto"  # auto | safetensors | dummy
+    context_length: Optional[int] = None
+    page_size: int = 1
+    max_total_tokens: Optional[int] = None
+    mem_fraction_static: Optional[float] = None
+    max_running_requests: Optional[int] = None
+    chunked_prefill_size: int = 8192
+    max_prefill_tokens: int = 16384
+    disable_radix_cache: bool = False
+    random_seed: Optional[int] = None
+    served_model_name: Optional[str] = None
+    log_level: str = "info"
+    skip_server_warmup: bool = False
+    trust_remote_code: bool = False
+    revision: Optional[str] = None
+    # PD disaggregation
+    disaggregation_mode: str = "null"
+    disaggregation_transfer_backend: str = "mooncake"
+    disaggregation_bootstrap_port: int = 8998
+    disaggregation_ib_device: Optional[str] = None
+    num_reserved_decode_tokens: int = 512
+    disaggregation_decode_polling_interval: int = 1
+
+    def __post_init__(self) -> None:
+        if self.tokenizer_path is None:
+            self.tokenizer_path = self.model_path
+        if self.served_model_name is None:
+            self.served_model_name = self.model_path
+        if self.random_seed is None:
+            self.random_seed = 42
+        self.check()
+
+    def check(self) -> None:
+        def bad(msg: str) -> None:
+            raise ValueError(msg)
+
+        if self.page_size < 1:
+            bad(f"--page-size must be >= 1, got {self.page_size}")
+        if self.dtype not in ("auto", "bfloat16", "float16", "float32", "half", "float"):
+            bad(f"--dtype must be auto, bfloat16, float16 or float32, got {self.dtype!r}")
+        if self.load_format not in ("auto", "safetensors", "dummy"):
+            bad(f"--load-format must be auto, safetensors or dummy, got {self.load_format!r}")
+        if self.device not in (None, "cpu", "cuda"):
+            bad(f"--device must be cpu or cuda, got {self.device!r}")
+        if self.mem_fraction_static is not None and not 0 < self.mem_fraction_static < 1:
+            bad(f"--mem-fraction-static must be in (0, 1), got {self.mem_fraction_static}")
+        if self.max_total_tokens is not None and self.max_total_tokens < self.page_size:
+            bad(f"--max-total-tokens {self.max_total_tokens} is below one page ({self.page_size})")
+        if self.chunked_prefill_size != -1 and self.chunked_prefill_size < self.page_size:
+            bad(
+                f"--chunked-prefill-size {self.chunked_prefill_size} must be -1 (off) or at "
+                f"least one page ({self.page_size})"
+            )
+        if self.disaggregation_mode not in DISAGG_MODES:
+            bad(f"--disaggregation-mode must be one of {DISAGG_MODES}")
+        if self.disaggregation_transfer_backend not in TRANSFER_BACKENDS:
+            bad(f"--disaggregation-transfer-backend must be one of {TRANSFER_BACKENDS}")
+        if self.disaggregation_mode == "prefill" and self.disaggregation_transfer_backend == "fake":
+            bad("the fake transfer backend works on decode servers only (as in SGLang)")
+
+    @property
+    def url(self) -> str:
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
+        return f"http://{host}:{self.port}"
+
+    @property
+    def effective_chunk_size(self) -> int:
+        return self.chunked_prefill_size if self.chunked_prefill_size > 0 else 1 << 30
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self))
+
+    @staticmethod
+    def add_cli_args(parser: argparse.ArgumentParser) -> None:
+        d = ServerArgs.__dataclass_fields__
+        a = parser.add_argument
+        a("--model-path", "--model", required=True, help="local HF-format directory or hub id")
+        a("--tokenizer-path", default=None)
+        a("--host", default=d["host"].default)
+        a("--port", type=int, default=d["port"].default)
+        a("--device", default=None, choices=["cpu", "cuda"])
+        a("--base-gpu-id", type=int, default=0)
+        a("--dtype", default="auto")
+        a("--load-format", default="auto", choices=["auto", "safetensors", "dummy"])
+        a("--context-length", type=int, default=None)
+        a("--page-size", type=int, default=1)
+        a("--max-total-tokens", type=int, default=None)
+        a("--mem-fraction-static", type=float, default=None)
+        a("--max-running-requests", type=int, default=None)
+        a("--chunked-prefill-size", type=int, default=d["chunked_prefill_size"].default)
+        a("--max-prefill-tokens", type=int, default=d["max_prefill_tokens"].default)
+        a("--disable-radix-cache", action="store_true")
+        a("--random-seed", type=int, default=None)
+        a("--served-model-name", default=None)
+        a("--log-level", default="info")
+        a("--skip-server-warmup", action="store_true")
+        a("--trust-remote-code", action="store_true", help="accepted for compatibility")
+        a("--revision", default=None)
+        a("--disaggregation-mode", default="null", choices=list(DISAGG_MODES))
+        a(
+            "--disaggregation-transfer-backend",
+            default="mooncake",
+            choices=list(TRANSFER_BACKENDS),
+        )
+        a("--disaggregation-bootstrap-port", type=int, default=8998)
+        a("--disaggregation-ib-device", default=None, help="RDMA NIC list, e.g. mlx5_0,mlx5_1")
+        a("--num-reserved-decode-tokens", type=int, default=512)
+        a("--disaggregation-decode-polling-interval", type=int, default=1)
+
+    @classmethod
+    def from_cli_args(cls, args: argparse.Namespace) -> "ServerArgs":
+        names = [f.name for f in dataclasses.fields(cls)]
+        return cls(**{n: getattr(args, n) for n in names if hasattr(args, n)})
+
+
+def prepare_server_args(argv: list[str]) -> ServerArgs:
+    parser = argparse.ArgumentParser(prog="python -m sglang.launch_server")
+    ServerArgs.add_cli_args(parser)
+    args = parser.parse_args(argv)
+    try:
+        return ServerArgs.from_cli_args(args)
+    except ValueError as e:
+        parser.error(str(e))
+        raise
