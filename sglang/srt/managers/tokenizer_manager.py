@@ -1,0 +1,263 @@
+"""The HTTP process's side of the engine: tokenize, send to the scheduler, detokenize, stream."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Optional
+
+import zmq
+import zmq.asyncio
+
+from sglang.srt.managers.io_struct import (
+    AbortReq,
+    BadRequestError,
+    BatchReqOutput,
+    GenerateReqInput,
+    ReqOutput,
+    RpcOut,
+    RpcReq,
+    TokenizedGenerateReqInput,
+)
+from sglang.srt.server_args import ServerArgs
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class _ReqState:
+    obj: GenerateReqInput
+    created: float
+    output_ids: list[int] = field(default_factory=list)
+    out: list[ReqOutput] = field(default_factory=list)
+    event: asyncio.Event = field(default_factory=asyncio.Event)
+    finished: bool = False
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+class TokenizerManager:
+    def __init__(self, args: ServerArgs, scheduler_info: dict[str, Any], recv_addr: str,
+                 send_addr: str):
+        from transformers import AutoTokenizer
+
+        self.server_args = args
+        self.model_path = args.model_path
+        self.served_model_name = args.served_model_name
+        self.tokenizer = AutoTokenizer.from_pretrained(args.tokenizer_path)
+        self.scheduler_info = scheduler_info
+        self.context_length: int = scheduler_info["context_length"]
+        self.max_total_num_tokens: int = scheduler_info["max_total_num_tokens"]
+        self._recv_addr, self._send_addr = recv_addr, send_addr
+        self._states: dict[str, _ReqState] = {}
+        self._rpc: dict[int, asyncio.Future] = {}
+        self._rpc_ids = itertools.count(1)
+        self._loop_task: Optional[asyncio.Task] = None
+        self.last_receive = time.time()
+
+    # ---- plumbing ----------------------------------------------------------------------
+    def _ensure_loop(self) -> None:
+        if self._loop_task is None:
+            ctx = zmq.asyncio.Context.instance()
+            self._recv = ctx.socket(zmq.PULL)
+            self._recv.bind(self._recv_addr)
+            self._send = ctx.socket(zmq.PUSH)
+            self._send.connect(self._send_addr)
+            self._loop_task = asyncio.get_running_loop().create_task(self._handle_loop())
+
+    async def _handle_loop(self) -> None:
+        while True:
+            msg = await self._recv.recv_pyobj()
+            self.last_receive = time.time()
+            if isinstance(msg, BatchReqOutput):
+                for out in msg.outputs:
+                    state = self._states.get(out.rid)
+                    if state is None:
+                        continue
+                    state.out.append(out)
+                    state.event.set()
+            elif isinstance(msg, RpcOut):
+                fut = self._rpc.pop(msg.rpc_id, None)
+                if fut is not None and not fut.done():
+                    fut.set_result(msg)
+
+    async def rpc(self, method: str, **args: Any) -> Any:
+        self._ensure_loop()
+        rpc_id = next(self._rpc_ids)
+        fut = asyncio.get_running_loop().create_future()
+        self._rpc[rpc_id] = fut
+        await self._send.send_pyobj(RpcReq(rpc_id, method, args))
+        out: RpcOut = await asyncio.wait_for(fut, timeout=30)
+        if out.error:
+            raise RuntimeError(out.error)
+        return out.result
+
+    # ---- requests ----------------------------------------------------------------------
+    def tokenize(self, obj: GenerateReqInput) -> list[int]:
+        ids = obj.input_ids if obj.input_ids is not None else self.tokenizer.encode(obj.text)
+        n = len(ids)
+        if n == 0:
+            raise BadRequestError("the prompt is empty after tokenization")
+        if n >= self.context_length:
+            raise BadRequestError(
+                f"The input ({n} tokens) is longer than the model's context length "
+                f"({self.context_length} tokens)."
+            )
+        if n > self.max_total_num_tokens:
+            raise BadRequestError(
+                f"The input ({n} tokens) does not fit in the KV pool "
+                f"({self.max_total_num_tokens} tokens); raise --max-total-tokens"
+            )
+        vocab = self.scheduler_info["vocab_size"]
+        if max(ids) >= vocab:
+            raise BadRequestError(f"input_ids holds token id {max(ids)} >= vocab size {vocab}")
+        if obj.return_logprob and obj.logprob_start_len >= n:
+            raise BadRequestError(
+                f"logprob_start_len ({obj.logprob_start_len}) must be less than the prompt "
+                f"length ({n})"
+            )
+        return ids
+
+    def validate(self, obj: GenerateReqInput) -> None:
+        """Raise BadRequestError now, before a streamed response has started."""
+        self._check_pd_fields(obj)
+        self.tokenize(obj)
+
+    def _check_pd_fields(self, obj: GenerateReqInput) -> None:
+        mode = self.server_args.disaggregation_mode
+        if mode == "null":
+            return
+        if obj.bootstrap_room is None or obj.bootstrap_host is None:
+            raise BadRequestError(
+                f"this is a {mode} server of a disaggregated deployment: requests need "
+                "bootstrap_host, bootstrap_port and bootstrap_room; send them through the load "
+                "balancer (python -m sglang.srt.disaggregation.mini_lb)"
+            )
+
+    async def generate_request(
+        self, obj: GenerateReqInput, request: Any = None
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Run one normalized request; yields cumulative output dicts (one if not streaming)."""
+        self._ensure_loop()
+        self._check_pd_fields(obj)
+        ids = self.tokenize(obj)
+        if obj.rid in self._states:
+            raise BadRequestError(f"duplicate request id {obj.rid!r}")
+        sp = obj.parsed_sampling_params
+        assert sp is not None
+        state = _ReqState(obj, time.time())
+        self._states[obj.rid] = state
+        await self._send.send_pyobj(
+            TokenizedGenerateReqInput(
+                rid=obj.rid,
+                input_ids=ids,
+                sampling_params=sp,
+                return_logprob=obj.return_logprob,
+                logprob_start_len=obj.logprob_start_len,
+                top_logprobs_num=obj.top_logprobs_num,
+                stream=obj.stream,
+                bootstrap_host=obj.bootstrap_host,
+                bootstrap_port=obj.bootstrap_port,
+                bootstrap_room=obj.bootstrap_room,
+            )
+        )
+        try:
+            while True:
+                try:
+                    await asyncio.wait_for(state.event.wait(), timeout=1.0)
+                except asyncio.TimeoutError:
+                    if request is not None and await request.is_disconnected():
+                        logger.info("client disconnected; abort rid=%s", obj.rid)
+                        self.abort_request(obj.rid)
+                        return
+                    continue
+                state.event.clear()
+                outs, state.out = state.out, []
+                for out in outs:
+                    self._apply(state, out)
+                if state.finished or obj.stream:
+                    yield self._result(state)
+                if state.finished:
+                    return
+        finally:
+            if not state.finished:
+                self.abort_request(obj.rid)
+            self._states.pop(obj.rid, None)
+
+    def _apply(self, state: _ReqState, out: ReqOutput) -> None:
+        state.output_ids.extend(out.new_token_ids)
+        m = state.meta
+        m.update(
+            prompt_tokens=out.prompt_tokens,
+            completion_tokens=out.completion_tokens,
+            cached_tokens=out.cached_tokens,
+            finish_reason=out.finished_reason,
+        )
+        if out.transfer:
+            m["kv_transfer"] = out.transfer
+        if state.obj.return_logprob:
+            text = state.obj.return_text_in_logprobs
+            m.setdefault("output_token_logprobs", []).extend(
+                self._lp_triples(out.output_token_logprobs, text)
+            )
+            m.setdefault("output_top_logprobs", []).extend(
+                [self._lp_triples(t, text) if t else None for t in out.output_top_logprobs]
+            )
+            if out.input_token_logprobs is not None:
+                m["input_token_logprobs"] = self._lp_triples(out.input_token_logprobs, text)
+                m["input_top_logprobs"] = [
+                    self._lp_triples(t, text) if t else None for t in out.input_top_logprobs or []
+                ]
+        if out.finished_reason is not None:
+            state.finished = True
+
+    def _lp_triples(self, pairs: list, with_text: bool) -> list:
+        if not with_text:
+            return [[lp, tok, None] for lp, tok in pairs]
+        return [[lp, tok, self.tokenizer.decode([tok])] for lp, tok in pairs]
+
+    def _result(self, state: _ReqState) -> dict[str, Any]:
+        sp = state.obj.parsed_sampling_params
+        text = self.tokenizer.decode(
+            state.output_ids, skip_special_tokens=sp.skip_special_tokens if sp else True
+        )
+        reason = state.meta.get("finish_reason")
+        if reason and reason.get("type") == "stop" and isinstance(reason.get("matched"), str):
+            if sp is not None and not sp.no_stop_trim:
+                cut = text.find(reason["matched"])
+                if cut >= 0:
+                    text = text[:cut]
+        meta = {"id": state.obj.rid, **state.meta}
+        meta["e2e_latency"] = time.time() - state.created
+        return {"text": text, "output_ids": list(state.output_ids), "meta_info": meta}
+
+    def abort_request(self, rid: str) -> None:
+        if self._loop_task is None:
+            return
+        self._send.send_pyobj(AbortReq(rid), flags=zmq.NOBLOCK)
+
+    async def get_server_info(self) -> dict[str, Any]:
+        internal = await self.rpc("get_info")
+        info = {
+            **{k: v for k, v in vars(self.server_args).items()},
+            **self.scheduler_info,
+            "internal_states": [internal],
+            "num_inflight_http_reqs": len(self._states),
+            "version": "0.1.0",
+        }
+        return info
+
+    async def flush_cache(self) -> bool:
+        return bool(await self.rpc("flush_cache"))
+
+    def model_info(self) -> dict[str, Any]:
+        return {
+            "model_path": self.model_path,
+            "tokenizer_path": self.server_args.tokenizer_path,
+            "served_model_name": self.served_model_name,
+            "is_generation": True,
+            "context_length": self.context_length,
+            "architecture": self.scheduler_info.get("architecture"),
+        }
