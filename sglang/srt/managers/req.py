@@ -52,6 +52,7 @@ class Req:
         # PD
         self.disagg: Any = None  # the KVSender / KVReceiver of this request
         self.metadata_index: Optional[int] = None
+        self.sent_pages = 0  # prefill: pages already handed to the sender
 
     @property
     def fill_ids(self) -> list[int]:

@@ -176,8 +176,10 @@ class Scheduler:
 
     def finish(self, req: Req, cache: bool = True) -> None:
         """A request is done: free its KV (keeping whole pages in the prefix cache)."""
-        self.cache.release(req, cache=cache and req.finished_reason is not None
-                           and req.finished_reason["type"] != "abort")
+        aborted = req.finished_reason is None or req.finished_reason["type"] == "abort"
+        self.cache.release(req, cache=cache and not aborted)
+        if self.disagg is not None:
+            self.disagg.release(req)
         self.outbox.append(self.out.make_output(req))
 
     # ---- one iteration -----------------------------------------------------------------

@@ -1,0 +1,154 @@
+"""Decode-mode queues.
+
+A request arrives with its bootstrap fields; its receiver handshakes with the prefill's
+bootstrap server (prealloc queue). Once connected, and once this server has pages, a request-
+table row and a metadata slot for it, the pages are allocated and their indices sent to the
+prefill (transfer queue). When the prefill reports the last chunk and the metadata row written,
+the row's room is checked, the first output token appended, and the request joins the running
+batch without any prefill forward pass. Every failure frees what the request held.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from sglang.srt.disaggregation.base.conn import KVPoll
+from sglang.srt.disaggregation.queues_common import DisaggQueuesBase
+
+if TYPE_CHECKING:
+    from sglang.srt.managers.req import Req
+    from sglang.srt.managers.schedule_policy import ScheduledBatch
+
+logger = logging.getLogger(__name__)
+
+
+class DecodeQueues(DisaggQueuesBase):
+    mode = "decode"
+
+    def __init__(self, sched: Any):
+        super().__init__(sched)
+        self.prealloc: list[Req] = []
+        self.transfer: list[Req] = []
+        self.iteration = 0
+
+    def add(self, req: "Req") -> None:
+        req.input_logprobs_sent = True  # input logprobs come from the prefill server
+        cls, mgr = self.conn_class(req, "receiver")
+        req.disagg = cls(mgr, self.bootstrap_addr(req), req.bootstrap_room)
+        self.prealloc.append(req)
+        logger.debug("room=%s rid=%s: prealloc queue", req.bootstrap_room, req.rid)
+
+    def busy(self) -> bool:
+        return bool(self.prealloc or self.transfer)
+
+    def step(self) -> None:
+        self.iteration += 1
+        if self.iteration % max(1, self.sched.args.disaggregation_decode_polling_interval) == 0:
+            self._pop_preallocated()
+        self._pop_transferred()
+
+    def _can_admit(self, req: "Req") -> bool:
+        s = self.sched
+        if len(s.running) + len(self.transfer) >= s.max_running:
+            return False
+        if s.waiting:  # retracted requests resume first
+            return False
+        cache = s.cache
+        reserve = min(req.max_new_tokens, s.args.num_reserved_decode_tokens)
+        need = cache.pages_for(len(req.origin_input_ids) + reserve)
+        # keep one page of headroom for each request already decoding or arriving
+        return need + len(s.running) + len(self.transfer) <= cache.available_pages
+
+    def _pop_preallocated(self) -> None:
+        for req in list(self.prealloc):
+            state = req.disagg.poll()
+            if state == KVPoll.Bootstrapping:
+                continue
+            if state == KVPoll.Failed:
+                self.prealloc.remove(req)
+                self.fail(req, "Decode handshake failed")
+                self.sched.finish(req, cache=False)
+                continue
+            if not self._can_admit(req):
+                break
+            slot = self.slots.alloc()
+            if slot is None:
+                break
+            if not self.sched.cache.grow(req, len(req.origin_input_ids)):
+                self.slots.free(slot)
+                break
+            req.metadata_index = slot
+            req.disagg.send_metadata(np.asarray(req.pages, dtype=np.int32), slot)
+            self.prealloc.remove(req)
+            self.transfer.append(req)
+            logger.debug("room=%s rid=%s: %d pages sent", req.bootstrap_room, req.rid,
+                         len(req.pages))
+
+    def _pop_transferred(self) -> None:
+        s = self.sched
+        for req in list(self.transfer):
+            state = req.disagg.poll()
+            if state == KVPoll.Failed:
+                self.transfer.remove(req)
+                self.fail(req, "Decode transfer failed")
+                s.finish(req, cache=False)
+                continue
+            if state != KVPoll.Success:
+                continue
+            row = self.metadata.get_buf(req.metadata_index)
+            self.transfer.remove(req)
+            if row["room"] != (req.bootstrap_room or 0) % (1 << 64) and not self._is_fake(req):
+                req.abort(f"Metadata corruption detected - bootstrap_room mismatch "
+                          f"(expected {req.bootstrap_room}, got {row['room']})")
+                s.finish(req, cache=False)
+                continue
+            req.kv_len = len(req.origin_input_ids)
+            req.cached_tokens = row["cached_tokens"]
+            if req.return_logprob:
+                req.pending_logprobs.append((row["logprob"], row["first_token"]))
+                req.pending_top.append(row["top_logprobs"][: req.top_logprobs_num])
+            s.out.append_token(req, row["first_token"])
+            self.release(req)
+            if req.finished:
+                s.finish(req)
+                continue
+            s.running.append(req)
+            if req.stream or req.return_logprob:
+                s.outbox.append(s.out.make_output(req))
+
+    def _is_fake(self, req: "Req") -> bool:
+        return req.disagg.__class__.__name__.startswith("Fake")
+
+    def after_forward(self, batch: "ScheduledBatch") -> None:
+        pass
+
+    def takes(self, req: "Req") -> bool:
+        return False
+
+    def release(self, req: "Req") -> None:
+        if req.disagg is not None:
+            if req.disagg.poll() not in (KVPoll.Success, KVPoll.Failed):
+                req.disagg.abort()
+            req.disagg.clear()
+            req.disagg = None
+        self.free_slot(req)
+
+    def abort(self, rid: str) -> None:
+        for queue in (self.prealloc, self.transfer):
+            for req in list(queue):
+                if rid in ("", req.rid):
+                    queue.remove(req)
+                    req.disagg.abort()
+                    req.abort("Aborted by AbortReq.", 499)
+                    self.sched.finish(req, cache=False)
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "prealloc_queue": len(self.prealloc),
+            "transfer_queue": len(self.transfer),
+            "metadata_slots_free": self.slots.available(),
+            **self.describe(),
+        }

@@ -1,0 +1,138 @@
+"""Prefill-mode queues.
+
+A request arrives with its bootstrap fields and waits in the bootstrap queue until its decode
+server has sent page indices and a metadata slot. It then runs in the normal waiting queue
+(chunked prefill, prefix cache); after every chunk its whole computed pages are written into the
+decode's pages; after the last chunk the metadata row (first token, logprobs, room) follows and
+the request waits in the inflight queue until the transfer is done. Then its KV is released (its
+whole pages stay in the prefix cache) and its HTTP response (first token, input logprobs) ends.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from sglang.srt.disaggregation.base.conn import KVPoll
+from sglang.srt.disaggregation.queues_common import DisaggQueuesBase
+from sglang.srt.model_executor.forward_batch import ForwardMode
+
+if TYPE_CHECKING:
+    from sglang.srt.managers.req import Req
+    from sglang.srt.managers.schedule_policy import ScheduledBatch
+
+logger = logging.getLogger(__name__)
+
+
+class PrefillQueues(DisaggQueuesBase):
+    mode = "prefill"
+
+    def __init__(self, sched: Any):
+        super().__init__(sched)
+        self.bootstrap: list[Req] = []
+        self.inflight: list[Req] = []
+
+    def add(self, req: "Req") -> None:
+        req.max_new_tokens = min(req.max_new_tokens, 1)
+        cls, mgr = self.conn_class(req, "sender")
+        req.disagg = cls(mgr, self.bootstrap_addr(req), req.bootstrap_room)
+        self.bootstrap.append(req)
+        logger.debug("room=%s rid=%s: bootstrap queue", req.bootstrap_room, req.rid)
+
+    def busy(self) -> bool:
+        return bool(self.bootstrap or self.inflight)
+
+    def step(self) -> None:
+        ps = self.sched.cache.page_size
+        for req in list(self.bootstrap):
+            state = req.disagg.poll()
+            if state == KVPoll.Bootstrapping:
+                continue
+            if state == KVPoll.Failed:
+                self.bootstrap.remove(req)
+                self.fail(req, "Prefill bootstrap failed")
+                self.sched.finish(req)
+                continue
+            slot = self.slots.alloc()
+            if slot is None:
+                break
+            req.metadata_index = slot
+            req.disagg.init(-(-len(req.origin_input_ids) // ps), slot)
+            self.bootstrap.remove(req)
+            self.sched.waiting.append(req)
+        for req in list(self.inflight):
+            state = req.disagg.poll()
+            if state == KVPoll.Success:
+                self.record(req.disagg.get_transfer_metric(), req)
+            elif state == KVPoll.Failed:
+                self.fail(req, "Prefill transfer failed")
+            else:
+                continue
+            self.inflight.remove(req)
+            self.sched.finish(req)
+
+    def after_forward(self, batch: "ScheduledBatch") -> None:
+        if batch.mode != ForwardMode.EXTEND:
+            return
+        ps = self.sched.cache.page_size
+        for req in batch.reqs:
+            if req.disagg is None or req.finished and req.finished_reason["type"] == "abort":
+                continue
+            last = req.kv_len >= len(req.origin_input_ids)
+            end = -(-req.kv_len // ps) if last else req.kv_len // ps
+            if last:
+                lp, top = (req.pending_logprobs[0] if req.pending_logprobs else (None, 0)), []
+                if req.pending_top:
+                    top = req.pending_top[0]
+                self.metadata.set_buf(
+                    req.metadata_index, req.bootstrap_room,
+                    first_token=req.output_ids[0] if req.output_ids else 0,
+                    cached_tokens=req.cached_tokens, logprob=lp[0], top_logprobs=top,
+                )
+            if end > req.sent_pages or last:
+                pages = np.asarray(req.pages[req.sent_pages : end], dtype=np.int32)
+                req.disagg.send(pages, last)
+                req.sent_pages = end
+            if last:
+                self.inflight.append(req)
+                logger.debug("room=%s rid=%s: inflight", req.bootstrap_room, req.rid)
+
+    def takes(self, req: "Req") -> bool:
+        return req in self.inflight
+
+    def release(self, req: "Req") -> None:
+        """Called when the scheduler finishes ``req`` (also on aborts)."""
+        if req.disagg is not None:
+            if req.disagg.poll() not in (KVPoll.Success, KVPoll.Failed):
+                req.disagg.abort()
+            req.disagg.clear()
+            req.disagg = None
+        self.free_slot(req)
+
+    def abort(self, rid: str) -> None:
+        for req in list(self.bootstrap):
+            if rid in ("", req.rid):
+                self.bootstrap.remove(req)
+                req.abort("Aborted by AbortReq.", 499)
+                self.sched.finish(req)
+        for req in self.inflight:
+            if rid in ("", req.rid):
+                req.disagg.abort()  # the next poll fails it and frees its pages
+
+    def record(self, metric: dict[str, Any], req: "Req") -> None:
+        req.transfer = metric
+        self.last_transfer = metric
+        self.totals["transfers"] += 1
+        for k in ("bytes", "seconds", "blocks"):
+            self.totals[k] += metric.get(k, 0) or 0
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "bootstrap_queue": len(self.bootstrap),
+            "inflight_queue": len(self.inflight),
+            "metadata_slots_free": self.slots.available(),
+            "transfer": self.transfer_info(),
+            **self.describe(),
+        }

@@ -1,0 +1,104 @@
+"""What the prefill and decode queues share: the KV manager, metadata rows, transfer totals."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from sglang.srt.disaggregation.base.conn import KVArgs
+from sglang.srt.disaggregation.common.metadata_buffers import (
+    MetadataBuffers,
+    MetadataSlotAllocator,
+)
+from sglang.srt.disaggregation.utils import FAKE_BOOTSTRAP_HOST, get_kv_class
+
+if TYPE_CHECKING:
+    from sglang.srt.managers.req import Req
+    from sglang.srt.managers.scheduler import Scheduler
+
+logger = logging.getLogger(__name__)
+
+
+class DisaggQueuesBase:
+    mode = ""
+
+    def __init__(self, sched: "Scheduler"):
+        self.sched = sched
+        args = sched.args
+        self.backend = args.disaggregation_transfer_backend
+        n_slots = 2 * sched.max_running + 8
+        self.metadata = MetadataBuffers(n_slots)
+        self.slots = MetadataSlotAllocator(n_slots)
+        aux_ptrs, aux_lens, aux_item_lens = self.metadata.ptrs_lens_item_lens()
+        pool = sched.pool
+        host = "127.0.0.1" if args.host in ("0.0.0.0", "::", "localhost") else args.host
+        kv_args = KVArgs(
+            engine_rank=0,
+            kv_data_ptrs=pool.data_ptrs(),
+            kv_data_lens=pool.data_lens(),
+            kv_item_len=pool.item_len,
+            aux_data_ptrs=aux_ptrs,
+            aux_data_lens=aux_lens,
+            aux_item_lens=aux_item_lens,
+            page_size=pool.page_size,
+            kv_dtype=str(pool.dtype),
+            model_shape={
+                "num_layers": pool.layout.num_layers,
+                "num_kv_heads": pool.layout.num_kv_heads,
+                "head_dim": pool.layout.head_dim,
+            },
+            device=sched.device,
+            gpu_id=args.base_gpu_id,
+            ib_device=args.disaggregation_ib_device,
+            local_host=host,
+            bootstrap_port=args.disaggregation_bootstrap_port,
+        )
+        self.mgr = get_kv_class(self.backend, "manager")(kv_args, self.mode)
+        self._fake_mgr = None
+        self.totals = {"transfers": 0, "failed": 0, "bytes": 0, "seconds": 0.0, "blocks": 0}
+        self.last_transfer: dict[str, Any] = {}
+        logger.info("PD %s: %s", self.mode, self.describe())
+
+    def conn_class(self, req: "Req", kind: str) -> tuple[Any, Any]:
+        """(class, manager) for this request; warm-up requests use the fake backend."""
+        if req.bootstrap_host == FAKE_BOOTSTRAP_HOST or self.backend == "fake":
+            if self._fake_mgr is None:
+                self._fake_mgr = self.mgr if self.backend == "fake" else get_kv_class(
+                    "fake", "manager")(None, self.mode)
+            return get_kv_class("fake", kind), self._fake_mgr
+        return get_kv_class(self.backend, kind), self.mgr
+
+    @staticmethod
+    def bootstrap_addr(req: "Req") -> str:
+        return f"{req.bootstrap_host}:{req.bootstrap_port}"
+
+    def free_slot(self, req: "Req") -> None:
+        if req.metadata_index is not None:
+            self.metadata.reset(req.metadata_index)
+            self.slots.free(req.metadata_index)
+            req.metadata_index = None
+
+    def fail(self, req: "Req", what: str, status: int = 500) -> None:
+        exc = req.disagg.failure_exception() if req.disagg is not None else None
+        msg = (f"{what} for request rid={req.rid} bootstrap_room={req.bootstrap_room} "
+               f"with exception {exc}")
+        logger.warning(msg)
+        req.finished_reason = None
+        req.abort(msg, status)
+        self.totals["failed"] += 1
+
+    def describe(self) -> dict[str, Any]:
+        d = {"mode": self.mode, "backend": self.backend}
+        d.update(self.mgr.describe())
+        return d
+
+    def shutdown(self) -> None:
+        self.mgr.shutdown()
+        if self._fake_mgr is not None and self._fake_mgr is not self.mgr:
+            self._fake_mgr.shutdown()
+
+    def transfer_info(self) -> dict[str, Any]:
+        t = dict(self.totals)
+        t["gb_per_s"] = t["bytes"] / t["seconds"] / 1e9 if t["seconds"] > 0 else 0.0
+        t["last"] = self.last_transfer
+        return t
