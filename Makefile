@@ -5,9 +5,9 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+comma := ,
 HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
 EXTRAS := $(if $(HAS_GPU),mooncake-cuda$(comma)nixl$(comma)test$(comma)bench,all)
-comma := ,
 
 .PHONY: install demo serve test bench clean
 
