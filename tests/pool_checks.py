@@ -1,0 +1,38 @@
+"""Read a server's KV-pool state from /get_server_info and assert no page is lost."""
+
+from __future__ import annotations
+
+import time
+
+import requests
+
+
+def pool_state(url: str) -> dict:
+    info = requests.get(url + "/get_server_info", timeout=10).json()
+    return info["internal_states"][0]
+
+
+def idle_and_whole(state: dict) -> bool:
+    pool = state["kv_pool"]
+    pd = state.get("disaggregation", {})
+    queues = sum(v for k, v in pd.items() if k.endswith("_queue"))
+    return (
+        state["num_running_reqs"] == 0
+        and state["num_waiting_reqs"] == 0
+        and queues == 0
+        and pool["used_by_requests_pages"] == 0
+        and pool["protected_pages"] == 0
+        and pool["free_pages"] + pool["cached_pages"] == pool["total_pages"]
+        and pd.get("metadata_slots_free", 0) == pd.get("metadata_slots_free", 0)
+    )
+
+
+def assert_pool_whole(url: str, timeout: float = 20) -> dict:
+    """Wait until the server is idle, then assert every KV page is free or cached."""
+    deadline = time.time() + timeout
+    state = pool_state(url)
+    while not idle_and_whole(state) and time.time() < deadline:
+        time.sleep(0.2)
+        state = pool_state(url)
+    assert idle_and_whole(state), f"KV pool not whole at {url}: {state}"
+    return state
