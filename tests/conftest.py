@@ -8,6 +8,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "tests" / "disaggregation"))
 MODEL_CACHE = Path(os.environ.get("SGLANG_TEST_MODEL_DIR", ROOT / "models"))
 
 
