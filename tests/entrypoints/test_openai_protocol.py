@@ -162,7 +162,9 @@ def test_chat_input_options() -> None:
     assert o.return_logprob and o.top_logprobs_num == 3
     assert (o.bootstrap_host, o.bootstrap_port, o.bootstrap_room) == ("h", 1, 2)
     default = build_chat_input(chat_req(), tm.tokenizer, 64)
-    assert default.parsed_sampling_params.max_new_tokens == 64 - len(default.input_ids)
+    assert default.parsed_sampling_params.max_new_tokens == 64 - len(default.input_ids) - 1
+    (o,) = build_completion_inputs(comp_req(max_tokens=None))
+    assert o.parsed_sampling_params.max_new_tokens == 16
 
 
 def test_chat_input_too_long() -> None:

@@ -1,0 +1,207 @@
+"""mini_lb's aiohttp application: the generation routes and the fan-out control routes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any, Optional
+
+from aiohttp import web
+
+from sglang.srt.disaggregation.lb.args import LBArgs, normalize_url, parse_args
+from sglang.srt.disaggregation.lb.bodies import (
+    ensure_rids,
+    inject_bootstrap,
+    wants_logprob_merge,
+)
+from sglang.srt.disaggregation.lb.pool import Prefill, ServerPool
+from sglang.srt.disaggregation.lb.proxy import Job, LegError, Proxy, Reply, error_response
+
+logger = logging.getLogger("sglang.mini_lb")
+POOL = web.AppKey("pool", ServerPool)
+PROXY = web.AppKey("proxy", Proxy)
+
+
+async def _json_body(request: web.Request) -> Any:
+    raw = await request.read()
+    try:
+        return json.loads(raw)
+    except ValueError as e:
+        raise LegError(400, f"invalid JSON body: {e}") from None
+
+
+def _relay(reply: Reply) -> web.Response:
+    return web.Response(body=reply.body, status=reply.status, content_type=reply.content_type)
+
+
+async def _generate(request: web.Request, endpoint: str) -> web.StreamResponse:
+    pool, proxy = request.app[POOL], request.app[PROXY]
+    try:
+        body = await _json_body(request)
+        if not isinstance(body, dict):
+            raise LegError(400, "request body must be a JSON object")
+        prefill, decode = pool.select_pair()
+    except LegError as e:
+        return error_response(e.message, e.status)
+    except LookupError as e:
+        return error_response(str(e), 503)
+    body = inject_bootstrap(body, prefill, endpoint)
+    rids = ensure_rids(body, endpoint)
+    merge = endpoint == "generate" and wants_logprob_merge(body)
+    job = Job(prefill.url, decode, endpoint, body, rids, merge)
+    logger.debug("%s rid=%s room=%s -> %s + %s", endpoint, rids, body["bootstrap_room"],
+                 prefill.url, decode)  # fmt: skip
+    if body.get("stream"):
+        return await proxy.forward_stream(request, job)
+    return await proxy.forward(job)
+
+
+async def generate(request: web.Request) -> web.StreamResponse:
+    return await _generate(request, "generate")
+
+
+async def completions(request: web.Request) -> web.StreamResponse:
+    return await _generate(request, "v1/completions")
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    return await _generate(request, "v1/chat/completions")
+
+
+async def _fanout(
+    request: web.Request, method: str, path: str
+) -> tuple[dict[str, list[Any]], list[str]]:
+    """Call every server; their JSON (or text) answers by role, and the failures."""
+    pool, proxy = request.app[POOL], request.app[PROXY]
+    roles = [("prefill", p.url) for p in pool.prefills] + [("decode", d) for d in pool.decodes]
+
+    async def one(role: str, url: str) -> tuple[Any, Optional[str]]:
+        try:
+            reply = await proxy.call(method, f"{url}{path}", role)
+        except LegError as e:
+            return {"url": url, "error": e.message}, e.message
+        try:
+            answer = json.loads(reply.body) if reply.body else None
+        except ValueError:
+            answer = reply.body.decode("utf-8", "replace")
+        if reply.status >= 400:
+            msg = f"{role} {url} answered {path} with {reply.status}"
+            return {"url": url, "error": msg, "body": answer}, msg
+        return answer, None
+
+    results = await asyncio.gather(*(one(r, u) for r, u in roles))
+    out: dict[str, list[Any]] = {"prefill": [], "decode": []}
+    for (role, _), (answer, _) in zip(roles, results):
+        out[role].append(answer)
+    return out, [err for _, err in results if err]
+
+
+async def health(request: web.Request) -> web.Response:
+    return web.Response(text="OK")
+
+
+async def health_generate(request: web.Request) -> web.Response:
+    _, failures = await _fanout(request, "GET", "/health_generate")
+    if failures:
+        return error_response("; ".join(failures), 503)
+    return web.Response(text="OK")
+
+
+async def flush_cache(request: web.Request) -> web.Response:
+    _, failures = await _fanout(request, "POST", "/flush_cache")
+    if failures:
+        return error_response("; ".join(failures), 503)
+    return web.Response(text="Cache flushed on every prefill and decode server")
+
+
+async def get_server_info(request: web.Request) -> web.Response:
+    infos, _ = await _fanout(request, "GET", "/get_server_info")
+    states = []
+    for info in infos["decode"]:
+        if isinstance(info, dict):
+            states.extend(info.get("internal_states") or [])
+    infos["internal_states"] = states  # what bench_one_batch_server reads
+    return web.json_response(infos)
+
+
+async def _to_first_prefill(request: web.Request, path: str) -> web.Response:
+    pool, proxy = request.app[POOL], request.app[PROXY]
+    if not pool.prefills:
+        return error_response("no prefill server registered", 503)
+    try:
+        return _relay(await proxy.call("GET", f"{pool.prefills[0].url}{path}", "prefill"))
+    except LegError as e:
+        return error_response(e.message, e.status)
+
+
+async def models(request: web.Request) -> web.Response:
+    return await _to_first_prefill(request, "/v1/models")
+
+
+async def get_model_info(request: web.Request) -> web.Response:
+    return await _to_first_prefill(request, "/get_model_info")
+
+
+async def register(request: web.Request) -> web.Response:
+    """Body {"mode": "prefill"|"decode", "registry_url": URL, "bootstrap_port": int|null}."""
+    try:
+        body = await _json_body(request)
+    except LegError as e:
+        return error_response(e.message, e.status)
+    mode = body.get("mode") if isinstance(body, dict) else None
+    url = body.get("registry_url") if isinstance(body, dict) else None
+    port = body.get("bootstrap_port") if isinstance(body, dict) else None
+    if mode not in ("prefill", "decode") or not isinstance(url, str) or not url:
+        return error_response("body must be {mode: prefill|decode, registry_url: URL, "
+                              "bootstrap_port: int|null}", 400)  # fmt: skip
+    if port is not None and not isinstance(port, int):
+        return error_response("bootstrap_port must be an integer or null", 400)
+    pool = request.app[POOL]
+    added = pool.register(mode, normalize_url(url), port)
+    logger.info("register %s %s (bootstrap port %s): %s", mode, url, port,
+                "added" if added else "already known")  # fmt: skip
+    return web.json_response(
+        {"added": added, "prefill": [p.url for p in pool.prefills], "decode": pool.decodes}
+    )
+
+
+def build_app(args: LBArgs) -> web.Application:
+    app = web.Application(client_max_size=1 << 30)
+    prefills = [Prefill(u, p) for u, p in zip(args.prefill_urls, args.prefill_bootstrap_ports)]
+    app[POOL] = ServerPool(prefills, args.decode_urls)
+    app[PROXY] = proxy = Proxy(args.timeout)
+
+    async def lifecycle(app: web.Application) -> Any:
+        await proxy.start()
+        yield
+        await proxy.close()
+
+    app.cleanup_ctx.append(lifecycle)
+    app.router.add_post("/generate", generate)
+    app.router.add_post("/v1/completions", completions)
+    app.router.add_post("/v1/chat/completions", chat_completions)
+    app.router.add_get("/v1/models", models)
+    app.router.add_get("/health", health)
+    app.router.add_get("/health_generate", health_generate)
+    app.router.add_get("/get_server_info", get_server_info)
+    app.router.add_get("/get_model_info", get_model_info)
+    app.router.add_post("/flush_cache", flush_cache)
+    app.router.add_post("/register", register)
+    return app
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="[%(asctime)s] %(name)s %(levelname)s: %(message)s"
+    )
+    logger.info("mini_lb: %d prefill, %d decode", len(args.prefill_urls), len(args.decode_urls))
+    for url, port in zip(args.prefill_urls, args.prefill_bootstrap_ports):
+        logger.info("prefill %s (bootstrap port %s)", url, port)
+    for url in args.decode_urls:
+        logger.info("decode %s", url)
+    web.run_app(
+        build_app(args), host=args.host, port=args.port, handler_cancellation=True,
+        access_log=None, print=lambda *_: logger.info("listening on %s:%d", args.host, args.port),
+    )  # fmt: skip

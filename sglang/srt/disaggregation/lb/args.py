@@ -1,0 +1,91 @@
+"""mini_lb command line: SGLang's flags, plus sglang_router's ``--prefill URL PORT`` form."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+from typing import Optional
+
+DEFAULT_BOOTSTRAP_PORT = 8998
+
+
+@dataclass
+class LBArgs:
+    prefill_urls: list[str] = field(default_factory=list)
+    decode_urls: list[str] = field(default_factory=list)
+    prefill_bootstrap_ports: list[Optional[int]] = field(default_factory=list)
+    host: str = "0.0.0.0"
+    port: int = 8000
+    timeout: float = 600.0
+    log_level: str = "info"
+
+
+def normalize_url(url: str) -> str:
+    url = url.strip().rstrip("/")
+    return url if "://" in url else f"http://{url}"
+
+
+def _port(token: str) -> Optional[int]:
+    return None if token.lower() == "none" else int(token)
+
+
+def _is_port(token: str) -> bool:
+    return token.isdigit() or token.lower() == "none"
+
+
+def split_urls_and_ports(tokens: list[str]) -> tuple[list[str], list[Optional[int] | str]]:
+    """``URL [PORT] URL [PORT] ...`` -> urls and per-url ports ("unset" where none follows)."""
+    urls: list[str] = []
+    ports: list[Optional[int] | str] = []
+    for tok in tokens:
+        if _is_port(tok):
+            if not urls or ports[-1] != "unset":
+                raise ValueError(f"--prefill: port {tok} does not follow a URL")
+            ports[-1] = _port(tok)
+        else:
+            urls.append(normalize_url(tok))
+            ports.append("unset")
+    return urls, ports
+
+
+def resolve_bootstrap_ports(
+    n_prefill: int, given: Optional[list[Optional[int]]]
+) -> list[Optional[int]]:
+    """One value is broadcast to every prefill; otherwise there must be one per prefill."""
+    if not given:
+        return [DEFAULT_BOOTSTRAP_PORT] * n_prefill
+    if len(given) == 1:
+        return list(given) * n_prefill
+    if len(given) != n_prefill:
+        raise ValueError(
+            f"--prefill-bootstrap-ports has {len(given)} values for {n_prefill} prefill servers; "
+            "give one value (used for all) or one per --prefill URL"
+        )
+    return list(given)
+
+
+def parse_args(argv: Optional[list[str]] = None) -> LBArgs:
+    p = argparse.ArgumentParser(
+        prog="python -m sglang.srt.disaggregation.mini_lb",
+        description="Minimal prefill/decode load balancer (round-robin over P x D pairs)",
+    )
+    p.add_argument("--prefill", nargs="+", action="append", required=True, metavar="URL",
+                   help="prefill server URLs; a URL may be followed by its bootstrap port")
+    p.add_argument("--decode", nargs="+", action="append", required=True, metavar="URL")
+    p.add_argument("--prefill-bootstrap-ports", nargs="+", type=_port, default=None,
+                   metavar="PORT", help=f"one for all prefills or one each (default "
+                   f"{DEFAULT_BOOTSTRAP_PORT}); 'none' for no port")
+    p.add_argument("--host", default="0.0.0.0")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--timeout", type=float, default=600.0,
+                   help="seconds to wait on a server (non-stream total; stream per read)")
+    p.add_argument("--log-level", default="info")
+    ns = p.parse_args(argv)  # fmt: skip
+    try:
+        urls, inline = split_urls_and_ports([t for group in ns.prefill for t in group])
+        ports = resolve_bootstrap_ports(len(urls), ns.prefill_bootstrap_ports)
+    except ValueError as e:
+        p.error(str(e))
+    ports = [port if own == "unset" else own for port, own in zip(ports, inline)]
+    decode = [normalize_url(u) for group in ns.decode for u in group]
+    return LBArgs(urls, decode, ports, ns.host, ns.port, ns.timeout, ns.log_level)  # type: ignore
