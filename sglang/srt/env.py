@@ -48,8 +48,23 @@ class _Env:
         return max(1, _int("SGLANG_MOONCAKE_MAX_TRANSFER_BATCH_INDICES", 128))
 
     @property
+    def bootstrap_fetch_attempts(self) -> int:
+        """Decode: tries (one per second) to fetch a prefill's info before its requests fail."""
+        return max(1, _int("SGLANG_DISAGGREGATION_BOOTSTRAP_FETCH_ATTEMPTS", 15))
+
+    @property
+    def transfer_timeout(self) -> float:
+        """Prefill: longest wait for one transfer-engine write to complete before it fails."""
+        return _float("SGLANG_DISAGGREGATION_TRANSFER_TIMEOUT", 120.0)
+
+    @property
     def nixl_backend(self) -> str:
         return os.environ.get("SGLANG_DISAGGREGATION_NIXL_BACKEND", "UCX")
+
+    @property
+    def nixl_progress_interval(self) -> float:
+        """Decode: seconds between NIXL progress calls (a WRITE target needs progress)."""
+        return max(1e-4, _float("SGLANG_DISAGGREGATION_NIXL_PROGRESS_INTERVAL", 0.001))
 
     @property
     def test_failure_prob(self) -> float:

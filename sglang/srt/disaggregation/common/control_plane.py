@@ -1,0 +1,90 @@
+"""ZMQ control plane of one manager: one PULL socket with its reader thread, and cached PUSH
+sockets to peers. Sends are thread-safe and never block (a full or dead peer drops the
+message and the send reports False)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Callable
+
+import zmq
+
+from sglang.srt.disaggregation.common import messages
+from sglang.srt.disaggregation.common.messages import Message
+
+logger = logging.getLogger(__name__)
+
+
+class ControlPlane:
+    def __init__(self, host: str, on_message: Callable[[Message], None]):
+        self.host = host
+        self._on_message = on_message
+        self._ctx = zmq.Context()
+        self._pull = self._ctx.socket(zmq.PULL)
+        self._pull.setsockopt(zmq.LINGER, 0)
+        bind_host = "0.0.0.0" if host in ("", "0.0.0.0") else host
+        self.port = self._pull.bind_to_random_port(f"tcp://{bind_host}")
+        self.endpoint = f"{host}:{self.port}"
+        self._push: dict[str, zmq.Socket] = {}
+        self._send_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="kv-control", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def send(self, endpoint: str, msg: Message) -> bool:
+        """Queue ``msg`` for ``endpoint`` ("ip:port"); False if it could not be queued."""
+        frame = messages.encode(msg)
+        with self._send_lock:
+            if self._stop.is_set():
+                return False
+            sock = self._push.get(endpoint)
+            if sock is None:
+                sock = self._ctx.socket(zmq.PUSH)
+                sock.setsockopt(zmq.LINGER, 0)
+                sock.setsockopt(zmq.SNDHWM, 10000)
+                sock.connect(f"tcp://{endpoint}")
+                self._push[endpoint] = sock
+            try:
+                sock.send(frame, flags=zmq.NOBLOCK)
+                return True
+            except zmq.ZMQError as e:
+                logger.warning("control message to %s dropped: %s", endpoint, e)
+                return False
+
+    def forget(self, endpoint: str) -> None:
+        """Close the cached socket to a peer that died (a restarted one gets a fresh one)."""
+        with self._send_lock:
+            sock = self._push.pop(endpoint, None)
+            if sock is not None:
+                sock.close(linger=0)
+
+    def _loop(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self._pull, zmq.POLLIN)
+        while not self._stop.is_set():
+            try:
+                if not poller.poll(100):
+                    continue
+                frame = self._pull.recv(flags=zmq.NOBLOCK)
+            except zmq.ZMQError:
+                if self._stop.is_set():
+                    return
+                continue
+            try:
+                self._on_message(messages.decode(frame))
+            except Exception:  # a bad message must not kill the control thread
+                logger.exception("error while handling a control message")
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(timeout=2)
+        with self._send_lock:
+            for sock in self._push.values():
+                sock.close(linger=0)
+            self._push.clear()
+        self._pull.close(linger=0)
+        self._ctx.term()

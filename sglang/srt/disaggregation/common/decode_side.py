@@ -1,0 +1,231 @@
+"""Decode side of the common manager: handshake with prefills, and the state of every
+KVReceiver.
+
+The first receiver for a bootstrap address starts a handshake in a background thread: fetch
+the prefill's registration (GET /route, retried while it is starting), refuse it if its KV
+layout differs, then register this decode's memory with the prefill's manager (once per
+prefill). Later receivers for that address are ready at once. The heartbeat drops a dead
+prefill's state, so a restarted prefill gets a fresh handshake.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from sglang.srt.disaggregation.base.conn import KVPoll
+from sglang.srt.disaggregation.common.handshake import (
+    HandshakeRefused,
+    PrefillUnavailable,
+    compat_problem,
+    fetch_prefill_info,
+)
+from sglang.srt.disaggregation.common.heartbeat import Heartbeat
+from sglang.srt.disaggregation.common.messages import AbortMsg, MetadataMsg, StatusMsg
+from sglang.srt.disaggregation.common.room_table import ReceiverRoom, RoomTable
+from sglang.srt.env import envs
+
+if TYPE_CHECKING:
+    from sglang.srt.disaggregation.common.manager import CommonKVManager
+
+logger = logging.getLogger(__name__)
+
+ABORTED = "Aborted by AbortReq."
+
+
+class DecodeSide:
+    def __init__(self, mgr: CommonKVManager):
+        self.mgr = mgr
+        self.rooms: RoomTable[ReceiverRoom] = RoomTable()
+        self.lock = self.rooms.lock
+        self.prefills: dict[str, dict[str, Any]] = {}  # bootstrap addr -> registration
+        self.addr_rooms: dict[str, set[int]] = defaultdict(set)
+        self._addr_locks: dict[str, threading.Lock] = defaultdict(threading.Lock)
+        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="kv-handshake")
+        self._closing = threading.Event()
+        self.heartbeat = Heartbeat(self.known_prefills, self.on_prefill_lost)
+
+    # ---- handshake -----------------------------------------------------------------------
+    def add_receiver(self, room: int, bootstrap_addr: str) -> None:
+        st = ReceiverRoom(room, bootstrap_addr)
+        with self.lock:
+            self.rooms.add(st)
+            self.addr_rooms[bootstrap_addr].add(room)
+            info = self.prefills.get(bootstrap_addr)
+            if info is not None:
+                st.prefill_endpoint = info["endpoint"]
+                self.rooms.set_status(room, KVPoll.WaitingForInput)
+                return
+        self._pool.submit(self._handshake, room, bootstrap_addr)
+
+    def _handshake(self, room: int, addr: str) -> None:
+        try:
+            info = self.ensure_connected(addr)
+        except (HandshakeRefused, PrefillUnavailable) as e:
+            self.fail(room, str(e))
+            return
+        except Exception as e:
+            logger.exception("Request %d: handshake with %s failed", room, addr)
+            self.fail(room, f"handshake with prefill {addr} failed: {e}")
+            return
+        st = self.rooms.get(room)
+        if st is not None:
+            st.prefill_endpoint = info["endpoint"]
+            self.rooms.set_status(room, KVPoll.WaitingForInput)
+
+    def ensure_connected(self, addr: str) -> dict[str, Any]:
+        """The prefill's registration, after the KV-args registration was sent to it."""
+        with self._addr_locks[addr]:
+            info = self.prefills.get(addr)
+            if info is not None:
+                return info
+            info = self._fetch(addr)
+            problem = compat_problem(info, self.mgr.local_info())
+            problem = problem or self.mgr.backend_compat_problem(info)
+            if problem is not None:
+                logger.error("Refusing prefill %s: %s", addr, problem)
+                raise HandshakeRefused(f"Prefill {addr} refused at handshake: {problem}")
+            if info.get("device") != self.mgr.args.device:
+                logger.warning(
+                    "Prefill %s keeps its KV on %s, this decode on %s: the transfer engine "
+                    "must be built for both", addr, info.get("device"), self.mgr.args.device,
+                )
+            info["endpoint"] = f"{info['rank_ip']}:{info['rank_port']}"
+            self.mgr.control.forget(info["endpoint"])  # a restarted prefill: fresh socket
+            if not self.mgr.control.send(info["endpoint"], self.mgr.registration()):
+                raise PrefillUnavailable(f"could not reach prefill manager {info['endpoint']}")
+            with self.lock:
+                self.prefills[addr] = info
+            logger.info(
+                "Connected to prefill %s (manager %s, %s)", addr, info["endpoint"],
+                info.get("transfer"),
+            )
+            return info
+
+    def _fetch(self, addr: str) -> dict[str, Any]:
+        attempts = envs.bootstrap_fetch_attempts
+        last: Exception | None = None
+        for i in range(attempts):
+            try:
+                return fetch_prefill_info(addr)
+            except PrefillUnavailable as e:
+                last = e
+            if i + 1 < attempts and self._closing.wait(1.0):
+                break  # shutting down
+            if not self.addr_rooms.get(addr):
+                break  # every request for it is gone
+        raise PrefillUnavailable(
+            f"Could not fetch prefill info from {addr} after {attempts} attempts ({last}); "
+            f"is the prefill server up and its --disaggregation-bootstrap-port right?"
+        )
+
+    def known_prefills(self) -> dict[str, str]:
+        """Connected prefills: bootstrap addr -> instance id of its bootstrap server."""
+        with self.lock:
+            return {a: i.get("bootstrap_instance", "") for a, i in self.prefills.items()}
+
+    # ---- receiver API (scheduler thread) -------------------------------------------------
+    def send_metadata(self, room: int, pages: np.ndarray, aux_index: int) -> None:
+        st = self.rooms.get(room)
+        if st is None or st.status == KVPoll.Failed:
+            return
+        if st.status != KVPoll.WaitingForInput or st.metadata_sent_at is not None:
+            self.fail(room, f"send_metadata() called in state {st.status.name}")
+            return
+        dst = np.ascontiguousarray(pages, dtype=np.int32).reshape(-1)
+        st.num_pages = len(dst)
+        st.metadata_sent_at = time.monotonic()
+        msg = MetadataMsg(self.mgr.endpoint, room, dst.tobytes(), int(aux_index))
+        if not self.mgr.control.send(st.prefill_endpoint, msg):
+            self.fail(room, f"could not send the destination pages to {st.prefill_endpoint}")
+            return
+        logger.debug("Request %d: sent %d destination pages, aux row %d", room, len(dst), aux_index)
+
+    def poll(self, room: int) -> KVPoll:
+        st = self.rooms.get(room)
+        if st is None:
+            return KVPoll.Failed
+        if st.status == KVPoll.WaitingForInput and st.metadata_sent_at is not None:
+            waited = time.monotonic() - st.metadata_sent_at
+            if waited > envs.waiting_timeout:
+                self.fail(
+                    room,
+                    f"Request {room} timed out after {waited:.1f}s in KVPoll.WaitingForInput: "
+                    f"prefill {st.bootstrap_addr} never reported the KV transfer done (raise "
+                    f"SGLANG_DISAGGREGATION_WAITING_TIMEOUT if prefills are just slow)",
+                    tell_prefill=True,
+                )
+        elif st.status not in (KVPoll.Success, KVPoll.Failed) and envs.test_failure_prob > 0:
+            if random.random() < envs.test_failure_prob:
+                self.fail(room, "Failed by SGLANG_TEST_DISAGG_FAILURE_PROB (test only)", True)
+        return st.status
+
+    def abort(self, room: int) -> None:
+        self.fail(room, ABORTED, tell_prefill=True)
+
+    def clear(self, room: int) -> None:
+        with self.lock:
+            st = self.rooms.pop(room)
+            if st is not None:
+                self.addr_rooms[st.bootstrap_addr].discard(room)
+
+    def fail(self, room: int, reason: str, tell_prefill: bool = False) -> None:
+        if not self.rooms.set_status(room, KVPoll.Failed, reason):
+            return
+        logger.warning("Request %d failed: %s", room, reason)
+        st = self.rooms.get(room)
+        if tell_prefill and st is not None and st.prefill_endpoint:
+            self.mgr.control.send(st.prefill_endpoint, AbortMsg(self.mgr.endpoint, room))
+
+    # ---- control-plane handlers (control / heartbeat threads) ----------------------------
+    def on_status(self, msg: StatusMsg) -> None:
+        st = self.rooms.get(msg.room)
+        if msg.reregister:
+            self._forget_endpoint(msg.peer)
+        if st is None or st.prefill_endpoint != msg.peer:
+            return
+        if msg.status == KVPoll.Success:
+            if st.metadata_sent_at is not None and self.rooms.set_status(msg.room, KVPoll.Success):
+                logger.debug("Request %d: KV arrived from %s", msg.room, msg.peer)
+        else:
+            self.fail(msg.room, f"Failed to get kvcache from prefill instance {msg.peer}: "
+                                f"{msg.reason}")
+
+    def _forget_endpoint(self, endpoint: str) -> None:
+        with self.lock:
+            for addr, info in list(self.prefills.items()):
+                if info["endpoint"] == endpoint:
+                    del self.prefills[addr]
+                    logger.info("Prefill %s forgot this decode; will re-register", addr)
+
+    def on_prefill_lost(self, addr: str, why: str) -> None:
+        """Fail every unfinished room that went through this prefill connection, and forget
+        the connection so that the next request handshakes afresh."""
+        with self.lock:
+            info = self.prefills.pop(addr, None)
+            rooms = list(self.addr_rooms.get(addr, ()))
+        if info is None:
+            return
+        self.mgr.control.forget(info["endpoint"])
+        reason = f"Lost connection with prefill instance (bootstrap_addr: {addr}): {why}"
+        affected = 0
+        for room in rooms:
+            st = self.rooms.get(room)
+            if st is None or st.prefill_endpoint != info["endpoint"]:
+                continue
+            if st.status not in (KVPoll.Success, KVPoll.Failed):
+                self.fail(room, reason)
+                affected += 1
+        logger.error("%s; %d requests affected", reason, affected)
+
+    def close(self) -> None:
+        self._closing.set()
+        self.heartbeat.close()
+        self._pool.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,102 @@
+"""HTTP side of the handshake: the prefill registers with its bootstrap server, the decode
+fetches that registration and refuses a prefill whose KV layout differs from its own."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import urllib.error
+import urllib.request
+from typing import Any, Optional
+
+from sglang.srt.disaggregation.common.utils import http_host
+
+logger = logging.getLogger(__name__)
+
+
+class PrefillUnavailable(RuntimeError):
+    """The bootstrap server did not answer (yet): worth retrying."""
+
+
+class HandshakeRefused(RuntimeError):
+    """The prefill answered, but cannot serve this decode: not worth retrying."""
+
+
+def _url(addr: str, path: str) -> str:
+    host, _, port = addr.rpartition(":")
+    return f"http://{http_host(host)}:{port}{path}"
+
+
+def register_prefill(addr: str, info: dict[str, Any], attempts: int = 5) -> None:
+    """PUT the prefill's info to its bootstrap server at ``addr`` (retrying with backoff, as the
+    server thread may still be starting)."""
+    body = json.dumps(info).encode()
+    delay = 0.1
+    for i in range(attempts):
+        req = urllib.request.Request(_url(addr, "/route"), data=body, method="PUT")
+        req.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(req, timeout=5) as r:
+                r.read()
+            return
+        except (urllib.error.URLError, OSError) as e:
+            if i == attempts - 1:
+                raise RuntimeError(
+                    f"Could not register with the bootstrap server at {addr}: {e}"
+                ) from e
+            time.sleep(delay)
+            delay *= 2
+
+
+def fetch_prefill_info(addr: str, engine_rank: int = 0, timeout: float = 3.0) -> dict[str, Any]:
+    """GET /route once. PrefillUnavailable if it is down or not registered yet."""
+    try:
+        with urllib.request.urlopen(
+            _url(addr, f"/route?engine_rank={engine_rank}"), timeout=timeout
+        ) as r:
+            return json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        raise PrefillUnavailable(f"bootstrap server {addr} answered {e.code}") from e
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        raise PrefillUnavailable(f"bootstrap server {addr} unreachable: {e}") from e
+
+
+def check_health(addr: str, timeout: float = 2.0) -> Optional[str]:
+    """The bootstrap server's instance id if it is healthy ("" if it sent none), else None."""
+    try:
+        with urllib.request.urlopen(_url(addr, "/health"), timeout=timeout) as r:
+            if r.status != 200:
+                return None
+            return r.headers.get("X-Bootstrap-Instance", "")
+    except (urllib.error.URLError, OSError):
+        return None
+
+
+def compat_problem(prefill: dict[str, Any], decode: dict[str, Any]) -> Optional[str]:
+    """The first difference that makes the prefill's KV unusable here, as a message naming
+    both values and the fix; None if they match."""
+    checks = [
+        ("backend", "transfer backend", "--disaggregation-transfer-backend"),
+        ("page_size", "page size", "--page-size"),
+        ("kv_dtype", "KV cache dtype", "--dtype"),
+    ]
+    for key, what, flag in checks:
+        p, d = prefill.get(key), decode.get(key)
+        if p != d:
+            return f"{what} differs: prefill {p}, decode {d}; start both with the same {flag}"
+    p_shape, d_shape = prefill.get("model_shape", {}), decode.get("model_shape", {})
+    for key in ("num_layers", "num_kv_heads", "head_dim"):
+        p, d = p_shape.get(key), d_shape.get(key)
+        if p != d:
+            return (
+                f"model shape differs ({key}): prefill {p}, decode {d}; serve the same model "
+                f"on both (--model-path)"
+            )
+    p, d = prefill.get("kv_item_len"), decode.get("kv_item_len")
+    if p != d:
+        return f"KV page size in bytes differs: prefill {p}, decode {d}; serve the same model"
+    p, d = prefill.get("num_kv_regions"), decode.get("num_kv_regions")
+    if p != d:
+        return f"number of KV regions differs: prefill {p}, decode {d}; serve the same model"
+    return None

@@ -1,0 +1,162 @@
+"""The manager shared by the Mooncake and NIXL backends.
+
+One per scheduler process. It owns the ZMQ control plane and, by mode:
+  prefill: a PrefillSide (peers, rooms, transfer workers) and, unless told otherwise, the
+           bootstrap server; it registers itself there (PUT /route) at start-up.
+  decode:  a DecodeSide (handshake, rooms, heartbeat).
+A backend subclass supplies the data plane: ``_init_engine``, ``transfer_info``, ``add_peer``,
+``remove_peer``, ``write``, ``_shutdown_engine``, ``describe``.
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import abstractmethod
+from typing import Any, Optional
+
+from sglang.srt.disaggregation.base.conn import BaseKVManager, KVArgs
+from sglang.srt.disaggregation.common.bootstrap_server import BootstrapServer
+from sglang.srt.disaggregation.common.control_plane import ControlPlane
+from sglang.srt.disaggregation.common.decode_side import DecodeSide
+from sglang.srt.disaggregation.common.handshake import register_prefill
+from sglang.srt.disaggregation.common.messages import (
+    AbortMsg,
+    Message,
+    MetadataMsg,
+    RegisterMsg,
+    StatusMsg,
+)
+from sglang.srt.disaggregation.common.prefill_side import PrefillSide
+from sglang.srt.disaggregation.common.room_table import PeerInfo
+from sglang.srt.disaggregation.common.transfer_worker import TransferFailed
+from sglang.srt.disaggregation.common.utils import Blocks
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["CommonKVManager", "TransferFailed"]
+
+
+class CommonKVManager(BaseKVManager):
+    """``KVArgs.extra`` options: ``start_bootstrap_server`` (prefill, default True),
+    ``bootstrap_host`` (where that server binds, default 0.0.0.0)."""
+
+    backend_name = "common"
+
+    def __init__(self, args: KVArgs, mode: str):
+        if mode not in ("prefill", "decode"):
+            raise ValueError(f"KV manager mode must be 'prefill' or 'decode', got {mode!r}")
+        self.args = args
+        self.mode = mode
+        self.bootstrap_server: Optional[BootstrapServer] = None
+        self.prefill: Optional[PrefillSide] = None
+        self.decode: Optional[DecodeSide] = None
+        self._closed = False
+        self._init_engine()
+        self.control = ControlPlane(args.local_host, self._on_message)
+        self.endpoint = self.control.endpoint
+        if mode == "prefill":
+            self.prefill = PrefillSide(self)
+        else:
+            self.decode = DecodeSide(self)
+        self.control.start()
+        if mode == "prefill":
+            if args.extra.get("start_bootstrap_server", True):
+                host = args.extra.get("bootstrap_host", "0.0.0.0")
+                self.bootstrap_server = BootstrapServer(host, args.bootstrap_port)
+            self.register_to_bootstrap()
+        logger.info("KV manager (%s, %s) ready: %s", mode, self.backend_name, self.describe())
+
+    # ---- what both sides agree on --------------------------------------------------------
+    def local_info(self) -> dict[str, Any]:
+        """What must match between prefill and decode (checked at the decode's handshake)."""
+        a = self.args
+        return {
+            "backend": self.backend_name,
+            "page_size": a.page_size,
+            "kv_dtype": a.kv_dtype,
+            "model_shape": dict(a.model_shape),
+            "kv_item_len": a.kv_item_len,
+            "num_kv_regions": len(a.kv_data_ptrs),
+            "device": a.device,
+            "transfer": self.describe(),
+        }
+
+    def backend_compat_problem(self, prefill_info: dict[str, Any]) -> Optional[str]:
+        """Backend-specific mismatch with the prefill's registration, or None."""
+        return None
+
+    def register_to_bootstrap(self) -> None:
+        info = self.local_info()
+        info.update(
+            engine_rank=self.args.engine_rank,
+            rank_ip=self.args.local_host,
+            rank_port=self.control.port,
+        )
+        register_prefill(f"{self.args.local_host}:{self.args.bootstrap_port}", info)
+
+    def registration(self) -> RegisterMsg:
+        """Decode side: what the prefill needs to write into this decode's memory."""
+        a = self.args
+        return RegisterMsg(
+            peer=self.endpoint,
+            engine_rank=a.engine_rank,
+            kv_ptrs=list(a.kv_data_ptrs),
+            kv_item_len=a.kv_item_len,
+            aux_ptrs=list(a.aux_data_ptrs),
+            aux_item_lens=list(a.aux_item_lens),
+            transfer=self.transfer_info(),
+        )
+
+    # ---- control plane -------------------------------------------------------------------
+    def _on_message(self, msg: Message) -> None:
+        if isinstance(msg, StatusMsg):
+            if self.decode is not None:
+                self.decode.on_status(msg)
+                return
+        elif self.prefill is not None:
+            if isinstance(msg, RegisterMsg):
+                self.prefill.on_register(msg)
+            elif isinstance(msg, MetadataMsg):
+                self.prefill.on_metadata(msg)
+            elif isinstance(msg, AbortMsg):
+                self.prefill.on_abort(msg)
+            return
+        logger.warning("%s manager ignores a %s message from %s", self.mode, msg.T, msg.peer)
+
+    # ---- backend hooks -------------------------------------------------------------------
+    @abstractmethod
+    def _init_engine(self) -> None:
+        """Create the transfer engine and register KV regions and aux buffers."""
+
+    @abstractmethod
+    def transfer_info(self) -> dict[str, Any]:
+        """Decode side: backend fields of the registration (session id, agent metadata)."""
+
+    @abstractmethod
+    def add_peer(self, peer: PeerInfo) -> None:
+        """Prefill side: make ``peer`` writable (may set ``peer.handle``)."""
+
+    @abstractmethod
+    def remove_peer(self, peer: PeerInfo) -> None: ...
+
+    @abstractmethod
+    def write(self, peer: PeerInfo, blocks: Blocks, kind: str) -> None:
+        """Write ``blocks`` (``kind`` "kv" or "aux") into ``peer``; return once they landed,
+        raise TransferFailed otherwise."""
+
+    @abstractmethod
+    def _shutdown_engine(self) -> None: ...
+
+    # ---- life cycle ----------------------------------------------------------------------
+    def shutdown(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self.decode is not None:
+            self.decode.close()
+        if self.prefill is not None:
+            self.prefill.close()
+        self.control.close()
+        if self.bootstrap_server is not None:
+            self.bootstrap_server.close()
+        self._shutdown_engine()

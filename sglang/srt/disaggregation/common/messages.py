@@ -1,0 +1,83 @@
+"""The control-plane messages between a decode manager and a prefill manager (ZMQ PUSH/PULL).
+
+Every message is one msgpack frame: a dict with a type tag ``t``. ``peer`` is always the
+sender's own PULL endpoint ("ip:port"), which is where replies go and how peers are named.
+
+  decode -> prefill  RegisterMsg   once per prefill: where the decode's KV and aux rows live
+  decode -> prefill  MetadataMsg   per request: destination pages and metadata row of a room
+  decode -> prefill  AbortMsg      per request: the decode gave up on a room
+  prefill -> decode  StatusMsg     per request: Success, or Failed with the reason
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+import msgpack
+import numpy as np
+
+
+@dataclass
+class RegisterMsg:
+    peer: str
+    engine_rank: int
+    kv_ptrs: list[int]
+    kv_item_len: int
+    aux_ptrs: list[int]
+    aux_item_lens: list[int]
+    transfer: dict[str, Any] = field(default_factory=dict)  # backend's own: session, agent
+
+    T = "register"
+
+
+@dataclass
+class MetadataMsg:
+    peer: str
+    room: int
+    dst_pages: bytes  # int32 page indices, in prompt order
+    dst_aux_index: int
+
+    T = "metadata"
+
+    def pages(self) -> np.ndarray:
+        return np.frombuffer(self.dst_pages, dtype=np.int32)
+
+
+@dataclass
+class AbortMsg:
+    peer: str
+    room: int
+
+    T = "abort"
+
+
+@dataclass
+class StatusMsg:
+    peer: str
+    room: int
+    status: int  # KVPoll value: Success or Failed
+    reason: str = ""
+    # The prefill does not know this decode (it restarted): re-register before the next request.
+    reregister: bool = False
+
+    T = "status"
+
+
+Message = Union[RegisterMsg, MetadataMsg, AbortMsg, StatusMsg]
+_TYPES: dict[str, type] = {c.T: c for c in (RegisterMsg, MetadataMsg, AbortMsg, StatusMsg)}
+
+
+def encode(msg: Message) -> bytes:
+    d = dataclasses.asdict(msg)
+    d["t"] = msg.T
+    return msgpack.packb(d, use_bin_type=True)
+
+
+def decode(frame: bytes) -> Message:
+    d = msgpack.unpackb(frame, raw=False)
+    cls = _TYPES.get(d.pop("t", None))
+    if cls is None:
+        raise ValueError(f"unknown control message: {d!r:.200}")
+    return cls(**d)

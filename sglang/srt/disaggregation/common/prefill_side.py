@@ -1,0 +1,282 @@
+"""Prefill side of the common manager: which decodes exist, where each room goes, and the
+state of every KVSender.
+
+A room's destination (TransferInfo) may arrive before the prefill's sender for it exists: the
+load balancer sends the request to both sides at once. It may also arrive after the sender
+failed (bootstrap timeout, abort, a prompt the prefill refused): the decode is then told at once
+instead of waiting out its own timeout. Destinations, aborts and failures that never meet their
+counterpart are dropped after the bootstrap timeout.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from sglang.srt.disaggregation.base.conn import KVPoll
+from sglang.srt.disaggregation.common.messages import (
+    AbortMsg,
+    MetadataMsg,
+    RegisterMsg,
+    StatusMsg,
+)
+from sglang.srt.disaggregation.common.room_table import (
+    PeerInfo,
+    RoomTable,
+    SenderRoom,
+    TransferInfo,
+)
+from sglang.srt.disaggregation.common.transfer_worker import TransferJob, TransferWorkers
+from sglang.srt.env import envs
+
+if TYPE_CHECKING:
+    from sglang.srt.disaggregation.common.manager import CommonKVManager
+
+logger = logging.getLogger(__name__)
+
+ABORTED = "Aborted by AbortReq."
+
+
+class PrefillSide:
+    def __init__(self, mgr: CommonKVManager):
+        self.mgr = mgr
+        self.rooms: RoomTable[SenderRoom] = RoomTable()
+        self.lock = self.rooms.lock
+        self.peers: dict[str, PeerInfo] = {}
+        self.failed_peers: set[str] = set()
+        self.infos: dict[int, TransferInfo] = {}
+        self.early_aborts: dict[int, tuple[float, str]] = {}
+        self.recent_failures: dict[int, tuple[float, str]] = {}  # cleared rooms that failed
+        self._last_purge = time.monotonic()
+        self.workers = TransferWorkers(mgr, self, envs.transfer_threads)
+        self._timeout_warned = False
+
+    # ---- control-plane handlers (control thread) -----------------------------------------
+    def on_register(self, msg: RegisterMsg) -> None:
+        peer = PeerInfo(
+            endpoint=msg.peer,
+            engine_rank=msg.engine_rank,
+            kv_ptrs=list(msg.kv_ptrs),
+            kv_item_len=msg.kv_item_len,
+            aux_ptrs=list(msg.aux_ptrs),
+            aux_item_lens=list(msg.aux_item_lens),
+            transfer=msg.transfer,
+        )
+        problem = None
+        if peer.kv_item_len != self.mgr.args.kv_item_len:
+            problem = f"KV page bytes {peer.kv_item_len} != prefill {self.mgr.args.kv_item_len}"
+        elif len(peer.kv_ptrs) != len(self.mgr.args.kv_data_ptrs):
+            problem = f"{len(peer.kv_ptrs)} KV regions != prefill {len(self.mgr.args.kv_data_ptrs)}"
+        elif list(peer.aux_item_lens) != list(self.mgr.args.aux_item_lens):
+            problem = f"metadata rows {peer.aux_item_lens} != prefill {self.mgr.args.aux_item_lens}"
+        if problem is not None:
+            logger.error("Refusing decode %s: %s", msg.peer, problem)
+            return
+        old = self.peers.get(msg.peer)
+        if old is not None and old.transfer == peer.transfer:
+            peer.handle = old.handle  # the same decode again: keep its engine state
+        else:
+            if old is not None:
+                self.mgr.remove_peer(old)
+            self.mgr.add_peer(peer)
+        with self.lock:
+            self.peers[msg.peer] = peer
+            self.failed_peers.discard(msg.peer)
+        shown = {k: v for k, v in peer.transfer.items() if not isinstance(v, bytes)}
+        logger.info("Decode %s registered its KV memory (%s)", msg.peer, shown)
+
+    def on_metadata(self, msg: MetadataMsg) -> None:
+        if msg.peer not in self.peers:
+            reason = (
+                f"prefill instance {self.mgr.endpoint} does not know decode {msg.peer} "
+                f"(the prefill restarted?); the decode re-registers for its next request"
+            )
+            logger.warning("Request %d: %s", msg.room, reason)
+            self._send_status(msg.peer, msg.room, KVPoll.Failed, reason, reregister=True)
+            return
+        info = TransferInfo(msg.peer, msg.pages().copy(), msg.dst_aux_index)
+        with self.lock:
+            self.infos[msg.room] = info
+            self.rooms.set_status(msg.room, KVPoll.WaitingForInput)
+            st = self.rooms.get(msg.room)
+            reason = st.reason if st is not None and st.status == KVPoll.Failed else ""
+            if msg.room in self.recent_failures:
+                reason = self.recent_failures[msg.room][1]
+        if reason:  # this room already failed here: tell the decode now
+            self._send_status(msg.peer, msg.room, KVPoll.Failed, reason)
+            return
+        logger.debug(
+            "Request %d: decode %s wants %d pages, aux row %d",
+            msg.room, msg.peer, len(info.dst_pages), msg.dst_aux_index,
+        )
+        self._purge_stale()
+
+    def on_abort(self, msg: AbortMsg) -> None:
+        reason = f"{ABORTED} (by the decode instance {msg.peer})"
+        with self.lock:
+            self.infos.pop(msg.room, None)
+            if self.rooms.get(msg.room) is None:
+                self.early_aborts[msg.room] = (time.monotonic(), reason)
+            elif self.rooms.set_status(msg.room, KVPoll.Failed, reason):
+                logger.info("Request %d: %s", msg.room, reason)
+
+    # ---- sender API (scheduler thread) ---------------------------------------------------
+    def add_sender(self, room: int, bootstrap_addr: str) -> None:
+        st = SenderRoom(room, bootstrap_addr)
+        with self.lock:
+            early = self.early_aborts.pop(room, None)
+            if early is not None:
+                st.status, st.reason = KVPoll.Failed, early[1]
+            elif room in self.infos:
+                st.status = KVPoll.WaitingForInput
+            self.rooms.add(st)
+
+    def init_room(self, room: int, num_pages: int, aux_index: int) -> None:
+        st = self.rooms.get(room)
+        if st is None or st.status == KVPoll.Failed:
+            return
+        info = self.infos.get(room)
+        if info is None:
+            self.fail(room, "init() called before the decode's destination pages arrived")
+            return
+        if num_pages != len(info.dst_pages):
+            self.fail(
+                room,
+                f"prefill will send {num_pages} pages but decode {info.peer} allocated "
+                f"{len(info.dst_pages)}; both must count pages of the same prompt",
+                notify=True,
+            )
+            return
+        st.num_pages, st.aux_index = num_pages, aux_index
+
+    def send(self, room: int, pages: np.ndarray, last_chunk: bool) -> None:
+        with self.lock:
+            st = self.rooms.get(room)
+            if st is None or st.status == KVPoll.Failed:
+                return
+            info = self.infos.get(room)
+            src = np.asarray(pages, dtype=np.int32).reshape(-1)
+            problem = self._check_send(st, info, len(src), last_chunk)
+            if problem is None:
+                assert info is not None
+                start = st.sent_pages
+                st.sent_pages += len(src)
+                st.queued_last = last_chunk
+                self.rooms.set_status(room, KVPoll.Transferring)
+                job = TransferJob(
+                    room=room,
+                    peer=info.peer,
+                    src_pages=src,
+                    dst_pages=info.dst_pages[start : start + len(src)],
+                    last_chunk=last_chunk,
+                    aux_index=st.aux_index if st.aux_index is not None else -1,
+                    dst_aux_index=info.dst_aux_index,
+                )
+        if problem is not None:
+            self.fail(room, problem, notify=True)
+            return
+        self.workers.submit(job)
+
+    @staticmethod
+    def _check_send(
+        st: SenderRoom, info: TransferInfo | None, n: int, last_chunk: bool
+    ) -> str | None:
+        if info is None:
+            return "send() called before the decode's destination pages arrived"
+        if st.queued_last:
+            return "send() called after the last chunk"
+        total = len(info.dst_pages)
+        if st.sent_pages + n > total:
+            return f"prefill sent {st.sent_pages + n} pages but the decode allocated only {total}"
+        if last_chunk and st.sent_pages + n != total:
+            return f"prefill sent {st.sent_pages + n} pages in all but the decode allocated {total}"
+        if last_chunk and st.aux_index is None:
+            return "last chunk sent before init() gave the metadata row"
+        return None
+
+    def poll(self, room: int) -> KVPoll:
+        st = self.rooms.get(room)
+        if st is None:
+            return KVPoll.Failed
+        if st.status == KVPoll.Bootstrapping:
+            waited = time.monotonic() - st.created
+            if waited > envs.bootstrap_timeout:
+                self._bootstrap_timeout(room, waited)
+        elif st.status not in (KVPoll.Success, KVPoll.Failed) and envs.test_failure_prob > 0:
+            if random.random() < envs.test_failure_prob:
+                self.fail(room, "Failed by SGLANG_TEST_DISAGG_FAILURE_PROB (test only)", True)
+        return st.status
+
+    def _bootstrap_timeout(self, room: int, waited: float) -> None:
+        self.fail(
+            room,
+            f"Request {room} timed out after {waited:.1f}s in KVPoll.Bootstrapping: the decode "
+            f"never sent its destination pages (is it up, and sent the same request?)",
+        )
+        if not self._timeout_warned:
+            self._timeout_warned = True
+            logger.warning(
+                "If decode instances are just slow to admit requests, raise the limit, e.g. "
+                "export SGLANG_DISAGGREGATION_BOOTSTRAP_TIMEOUT=600"
+            )
+
+    def abort(self, room: int) -> None:
+        self.fail(room, ABORTED, notify=True)
+
+    def clear(self, room: int) -> None:
+        with self.lock:
+            st = self.rooms.pop(room)
+            info = self.infos.pop(room, None)
+            if st is not None and st.status == KVPoll.Failed and info is None:
+                # the decode may not have sent its pages yet: answer them with this failure
+                self.recent_failures[room] = (time.monotonic(), st.reason)
+
+    def fail(self, room: int, reason: str, notify: bool = False) -> None:
+        """Room -> Failed; with ``notify`` also tell its decode (if known and reachable)."""
+        if not self.rooms.set_status(room, KVPoll.Failed, reason):
+            return
+        logger.warning("Request %d failed: %s", room, reason)
+        info = self.infos.get(room)
+        if notify and info is not None:
+            self._send_status(info.peer, room, KVPoll.Failed, reason)
+
+    def _send_status(
+        self, peer: str, room: int, status: KVPoll, reason: str = "", reregister: bool = False
+    ) -> bool:
+        msg = StatusMsg(self.mgr.endpoint, room, int(status), reason, reregister)
+        return self.mgr.control.send(peer, msg)
+
+    def metric(self, room: int) -> dict[str, Any]:
+        st = self.rooms.get(room)
+        if st is None or st.t_first is None:
+            return {}
+        end = st.t_done if st.t_done is not None else time.monotonic()
+        secs = max(end - st.t_first, 1e-9)
+        return {
+            "bytes": st.bytes,
+            "blocks": st.blocks,
+            "pages": st.sent_pages,
+            "seconds": secs,
+            "gbps": st.bytes / secs / 1e9,
+        }
+
+    def _purge_stale(self) -> None:
+        now = time.monotonic()
+        if now - self._last_purge < 10.0:
+            return
+        self._last_purge = now
+        limit = envs.bootstrap_timeout
+        with self.lock:
+            for room in [r for r, i in self.infos.items() if now - i.received > limit]:
+                if self.rooms.get(room) is None:
+                    del self.infos[room]
+            for table in (self.early_aborts, self.recent_failures):
+                for room in [r for r, (t, _) in table.items() if now - t > limit]:
+                    del table[room]
+
+    def close(self) -> None:
+        self.workers.close()

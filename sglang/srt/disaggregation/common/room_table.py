@@ -1,0 +1,122 @@
+"""Per-room state of a manager: status, failure reason, and side-specific fields.
+
+Status only moves forward through KVPoll; Failed overrides anything but Success and then
+sticks. Reads are lock-free (a dict lookup and an attribute), so ``poll()`` stays cheap.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Generic, Iterator, Optional, TypeVar
+
+import numpy as np
+
+from sglang.srt.disaggregation.base.conn import KVPoll
+
+
+@dataclass
+class RoomState:
+    room: int
+    bootstrap_addr: str
+    status: KVPoll = KVPoll.Bootstrapping
+    reason: str = ""
+    created: float = field(default_factory=time.monotonic)
+    status_since: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class SenderRoom(RoomState):
+    """Prefill side of a room."""
+
+    num_pages: Optional[int] = None
+    aux_index: Optional[int] = None
+    sent_pages: int = 0  # running offset into the decode's destination pages
+    queued_last: bool = False
+    bytes: int = 0
+    blocks: int = 0
+    t_first: Optional[float] = None
+    t_done: Optional[float] = None
+
+
+@dataclass
+class ReceiverRoom(RoomState):
+    """Decode side of a room."""
+
+    prefill_endpoint: str = ""  # the prefill manager's PULL endpoint, known after handshake
+    metadata_sent_at: Optional[float] = None
+    num_pages: int = 0
+
+
+@dataclass
+class TransferInfo:
+    """What a decode told the prefill about one room: where to write."""
+
+    peer: str
+    dst_pages: np.ndarray
+    dst_aux_index: int
+    received: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class PeerInfo:
+    """A decode manager as the prefill knows it, from its RegisterMsg."""
+
+    endpoint: str  # the decode's PULL socket, "ip:port"
+    engine_rank: int
+    kv_ptrs: list[int]
+    kv_item_len: int
+    aux_ptrs: list[int]
+    aux_item_lens: list[int]
+    transfer: dict[str, Any]  # backend's own registration fields
+    handle: Any = None  # backend's own handle (e.g. the NIXL remote agent name)
+
+
+S = TypeVar("S", bound=RoomState)
+
+
+class RoomTable(Generic[S]):
+    def __init__(self) -> None:
+        self._rooms: dict[int, S] = {}
+        self.lock = threading.RLock()
+
+    def add(self, state: S) -> S:
+        with self.lock:
+            self._rooms[state.room] = state
+            return state
+
+    def get(self, room: int) -> Optional[S]:
+        return self._rooms.get(room)
+
+    def pop(self, room: int) -> Optional[S]:
+        with self.lock:
+            return self._rooms.pop(room, None)
+
+    def set_status(self, room: int, status: KVPoll, reason: str = "") -> bool:
+        """Apply the transition if it is allowed; True if the status changed."""
+        with self.lock:
+            st = self._rooms.get(room)
+            if st is None or st.status in (KVPoll.Failed, KVPoll.Success):
+                return False
+            if status != KVPoll.Failed and status <= st.status:
+                return False
+            st.status = status
+            st.status_since = time.monotonic()
+            if status == KVPoll.Failed:
+                st.reason = reason
+            return True
+
+    def status(self, room: int) -> KVPoll:
+        st = self._rooms.get(room)
+        return KVPoll.Failed if st is None else st.status
+
+    def snapshot(self) -> list[S]:
+        with self.lock:
+            return list(self._rooms.values())
+
+    def __iter__(self) -> Iterator[S]:
+        return iter(self.snapshot())
+
+    def __len__(self) -> int:
+        return len(self._rooms)

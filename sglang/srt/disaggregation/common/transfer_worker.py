@@ -1,0 +1,144 @@
+"""Prefill transfer workers: threads that turn queued chunks into transfer-engine writes.
+
+A room's jobs always go to the same queue (``room % n``), so its chunks are written in order
+and its aux row and Success come after all of its pages. A write that fails marks the
+destination decode as failed: later chunks for it fail at once instead of waiting on a dead
+peer, until that decode registers again.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Optional
+
+import numpy as np
+
+from sglang.srt.disaggregation.base.conn import KVPoll
+from sglang.srt.disaggregation.common.messages import StatusMsg
+from sglang.srt.disaggregation.common.utils import (
+    aux_blocks,
+    group_concurrent_contiguous,
+    kv_blocks,
+)
+
+if TYPE_CHECKING:
+    from sglang.srt.disaggregation.common.manager import CommonKVManager
+    from sglang.srt.disaggregation.common.prefill_side import PrefillSide
+
+logger = logging.getLogger(__name__)
+
+
+class TransferFailed(RuntimeError):
+    """A transfer-engine write did not complete."""
+
+
+@dataclass
+class TransferJob:
+    room: int
+    peer: str
+    src_pages: np.ndarray
+    dst_pages: np.ndarray
+    last_chunk: bool
+    aux_index: int
+    dst_aux_index: int
+
+
+class TransferWorkers:
+    def __init__(self, mgr: CommonKVManager, side: PrefillSide, num_threads: int):
+        self.mgr = mgr
+        self.side = side
+        self._queues: list[queue.Queue[Optional[TransferJob]]] = [
+            queue.Queue() for _ in range(num_threads)
+        ]
+        self._threads = [
+            threading.Thread(target=self._run, args=(q,), name=f"kv-transfer-{i}", daemon=True)
+            for i, q in enumerate(self._queues)
+        ]
+        for t in self._threads:
+            t.start()
+
+    def submit(self, job: TransferJob) -> None:
+        self._queues[job.room % len(self._queues)].put(job)
+
+    def _run(self, q: queue.Queue[Optional[TransferJob]]) -> None:
+        while True:
+            job = q.get()
+            if job is None:
+                return
+            try:
+                self._execute(job)
+            except Exception as e:  # never let a worker die: fail the room instead
+                logger.exception("Request %d: transfer worker error", job.room)
+                self.side.fail(job.room, f"Transfer worker error for {job.room}: {e}", True)
+
+    def _execute(self, job: TransferJob) -> None:
+        side, room = self.side, job.room
+        st = side.rooms.get(room)
+        if st is None or st.status == KVPoll.Failed:
+            return  # aborted or cleared: drop the chunk
+        peer = side.peers.get(job.peer)
+        if peer is None or job.peer in side.failed_peers:
+            side.fail(
+                room,
+                f"Decode instance {job.peer} could be dead: an earlier transfer to it failed; "
+                f"request {room} is not sent",
+                notify=True,
+            )
+            return
+        args = self.mgr.args
+        runs = group_concurrent_contiguous(job.src_pages, job.dst_pages)
+        blocks = kv_blocks(runs, args.kv_data_ptrs, peer.kv_ptrs, args.kv_item_len)
+        aux = None
+        if job.last_chunk:
+            aux = aux_blocks(
+                args.aux_data_ptrs, peer.aux_ptrs, args.aux_item_lens,
+                job.aux_index, job.dst_aux_index,
+            )
+        if st.t_first is None:
+            st.t_first = time.monotonic()
+        try:
+            if blocks.src:
+                self.mgr.write(peer, blocks, "kv")
+            if aux is not None:
+                self.mgr.write(peer, aux, "aux")
+        except Exception as e:
+            with side.lock:
+                side.failed_peers.add(job.peer)
+            side.fail(room, f"Failed to send kv chunk of {room} to {job.peer}: {e}", notify=True)
+            return
+        st.bytes += blocks.total_bytes()
+        st.blocks += len(blocks.src)
+        logger.debug(
+            "Request %d: wrote %d pages in %d blocks to %s%s",
+            room, len(job.src_pages), len(blocks.src), job.peer,
+            " (last chunk + aux)" if job.last_chunk else "",
+        )
+        if job.last_chunk:
+            self._conclude(job)
+
+    def _conclude(self, job: TransferJob) -> None:
+        side, room = self.side, job.room
+        st = side.rooms.get(room)
+        if st is None or st.status == KVPoll.Failed:
+            return
+        st.t_done = time.monotonic()
+        msg = StatusMsg(self.mgr.endpoint, room, int(KVPoll.Success))
+        if not self.mgr.control.send(job.peer, msg):
+            side.fail(room, f"Could not tell decode {job.peer} that request {room} arrived")
+            return
+        side.rooms.set_status(room, KVPoll.Success)
+        m = side.metric(room)
+        logger.debug(
+            "Request %d: transfer done, %d bytes in %d blocks, %.3fs, %.2f GB/s",
+            room, m.get("bytes", 0), m.get("blocks", 0), m.get("seconds", 0), m.get("gbps", 0),
+        )
+
+    def close(self) -> None:
+        for q in self._queues:
+            q.put(None)
+        for t in self._threads:
+            t.join(timeout=2)

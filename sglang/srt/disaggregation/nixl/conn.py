@@ -1,0 +1,100 @@
+"""NIXL backend: the common manager with a NIXL agent (UCX by default) as its data plane.
+
+KV regions are registered as VRAM on CUDA and DRAM on CPU; metadata rows always as DRAM.
+The decode ships its agent metadata in its KV-args registration; the prefill adds it as a
+remote agent and WRITEs into it. Completion travels as the common ZMQ status message (no NIXL
+notifications), exactly as with Mooncake.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any, Optional
+
+from sglang.srt.disaggregation.common.bootstrap_server import BootstrapServer
+from sglang.srt.disaggregation.common.conn import CommonKVReceiver, CommonKVSender
+from sglang.srt.disaggregation.common.manager import CommonKVManager
+from sglang.srt.disaggregation.common.room_table import PeerInfo
+from sglang.srt.disaggregation.common.utils import Blocks
+from sglang.srt.disaggregation.nixl.agent import NixlAgent
+from sglang.srt.env import envs
+
+
+def _mem_kind(device: str) -> str:
+    return "VRAM" if str(device).startswith("cuda") else "DRAM"
+
+
+class NixlKVManager(CommonKVManager):
+    backend_name = "nixl"
+
+    def _init_engine(self) -> None:
+        a = self.args
+        self.kv_mem = _mem_kind(a.device)
+        name = f"sglang-{self.mode}-{a.local_host}-{uuid.uuid4().hex[:12]}"
+        self.agent = NixlAgent(name, envs.nixl_backend)
+        self.agent.register(a.kv_data_ptrs, a.kv_data_lens, self.kv_mem, a.gpu_id)
+        self.agent.register(a.aux_data_ptrs, a.aux_data_lens, "DRAM", 0)
+        if self.mode == "decode":
+            self.agent.start_progress(envs.nixl_progress_interval)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "backend": "nixl",
+            "protocol": self.agent.backend,
+            "device": self.kv_mem,
+            "agent_name": self.agent.name,
+        }
+
+    def backend_compat_problem(self, prefill_info: dict[str, Any]) -> Optional[str]:
+        theirs = prefill_info.get("transfer", {}).get("protocol")
+        if theirs != self.agent.backend:
+            return (
+                f"NIXL backend differs: prefill {theirs}, decode {self.agent.backend}; set the "
+                f"same SGLANG_DISAGGREGATION_NIXL_BACKEND on both"
+            )
+        return None
+
+    def transfer_info(self) -> dict[str, Any]:
+        return {
+            "agent_name": self.agent.name,
+            "agent_metadata": self.agent.metadata(),
+            "kv_mem": self.kv_mem,
+            "gpu_id": self.args.gpu_id,
+        }
+
+    def add_peer(self, peer: PeerInfo) -> None:
+        metadata = peer.transfer.get("agent_metadata")
+        if not metadata:
+            raise ValueError(f"decode {peer.endpoint} registered without NIXL agent metadata")
+        peer.handle = self.agent.add_remote(metadata)
+
+    def remove_peer(self, peer: PeerInfo) -> None:
+        if peer.handle:
+            self.agent.remove_remote(peer.handle)
+
+    def write(self, peer: PeerInfo, blocks: Blocks, kind: str) -> None:
+        if kind == "kv":
+            local_mem, local_dev = self.kv_mem, self.args.gpu_id
+            remote_mem = peer.transfer.get("kv_mem", "DRAM")
+            remote_dev = int(peer.transfer.get("gpu_id", 0))
+        else:
+            local_mem, local_dev, remote_mem, remote_dev = "DRAM", 0, "DRAM", 0
+        self.agent.write(
+            peer.handle, blocks, local_mem, remote_mem, local_dev, remote_dev,
+            envs.transfer_timeout,
+        )
+
+    def _shutdown_engine(self) -> None:
+        self.agent.close()
+
+
+class NixlKVSender(CommonKVSender):
+    pass
+
+
+class NixlKVReceiver(CommonKVReceiver):
+    pass
+
+
+class NixlKVBootstrapServer(BootstrapServer):
+    pass

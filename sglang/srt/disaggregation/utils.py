@@ -1,0 +1,109 @@
+"""Which class implements what, per transfer backend; and the warm-up ("2.2.2.2") rule.
+
+    mgr_cls = get_kv_class("mooncake", KVClassType.MANAGER)   # or "nixl" / "fake"
+    mgr = mgr_cls(kv_args, "prefill")                          # starts the bootstrap server too
+    sender = create_kv_sender(mgr, "mooncake", host, port, room)  # fake for host 2.2.2.2
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Optional, Union
+
+from sglang.srt.disaggregation.base.conn import BaseKVManager, BaseKVReceiver, BaseKVSender
+
+FAKE_BOOTSTRAP_HOST = "2.2.2.2"
+
+
+class TransferBackend(str, Enum):
+    MOONCAKE = "mooncake"
+    NIXL = "nixl"
+    FAKE = "fake"
+
+
+class KVClassType(str, Enum):
+    KVARGS = "kvargs"
+    MANAGER = "manager"
+    SENDER = "sender"
+    RECEIVER = "receiver"
+    BOOTSTRAP_SERVER = "bootstrap_server"
+
+
+def get_kv_class(
+    backend: Union[str, TransferBackend], kind: Union[str, KVClassType]
+) -> Optional[type]:
+    """The class of ``kind`` for ``backend``; None for the fake backend's bootstrap server
+    (fake works on decode only). Backends are imported lazily: only the one in use needs its
+    transfer engine installed."""
+    backend = TransferBackend(backend)
+    kind = KVClassType(kind)
+    if kind == KVClassType.KVARGS:
+        from sglang.srt.disaggregation.base.conn import KVArgs
+
+        return KVArgs
+    if backend == TransferBackend.MOONCAKE:
+        from sglang.srt.disaggregation.mooncake import conn as m
+
+        classes = {
+            KVClassType.MANAGER: m.MooncakeKVManager,
+            KVClassType.SENDER: m.MooncakeKVSender,
+            KVClassType.RECEIVER: m.MooncakeKVReceiver,
+            KVClassType.BOOTSTRAP_SERVER: m.MooncakeKVBootstrapServer,
+        }
+    elif backend == TransferBackend.NIXL:
+        from sglang.srt.disaggregation.nixl import conn as n
+
+        classes = {
+            KVClassType.MANAGER: n.NixlKVManager,
+            KVClassType.SENDER: n.NixlKVSender,
+            KVClassType.RECEIVER: n.NixlKVReceiver,
+            KVClassType.BOOTSTRAP_SERVER: n.NixlKVBootstrapServer,
+        }
+    else:
+        from sglang.srt.disaggregation.fake import conn as f
+
+        classes = {
+            KVClassType.MANAGER: f.FakeKVManager,
+            KVClassType.SENDER: f.FakeKVSender,
+            KVClassType.RECEIVER: f.FakeKVReceiver,
+        }
+    return classes.get(kind)
+
+
+def is_fake_bootstrap(host: Optional[str]) -> bool:
+    return host == FAKE_BOOTSTRAP_HOST
+
+
+def _bootstrap_addr(host: Optional[str], port: Optional[int]) -> str:
+    host = host or "127.0.0.1"
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"{host}:{port if port is not None else 8998}"
+
+
+def create_kv_sender(
+    mgr: BaseKVManager,
+    backend: Union[str, TransferBackend],
+    bootstrap_host: Optional[str],
+    bootstrap_port: Optional[int],
+    bootstrap_room: int,
+) -> BaseKVSender:
+    """The prefill's sender for one request: fake for the warm-up host, else the backend's."""
+    fake = is_fake_bootstrap(bootstrap_host) or TransferBackend(backend) == TransferBackend.FAKE
+    cls = get_kv_class(TransferBackend.FAKE if fake else backend, KVClassType.SENDER)
+    assert cls is not None
+    return cls(mgr, _bootstrap_addr(bootstrap_host, bootstrap_port), bootstrap_room)
+
+
+def create_kv_receiver(
+    mgr: BaseKVManager,
+    backend: Union[str, TransferBackend],
+    bootstrap_host: Optional[str],
+    bootstrap_port: Optional[int],
+    bootstrap_room: int,
+) -> BaseKVReceiver:
+    """The decode's receiver for one request: fake for the warm-up host, else the backend's."""
+    fake = is_fake_bootstrap(bootstrap_host) or TransferBackend(backend) == TransferBackend.FAKE
+    cls = get_kv_class(TransferBackend.FAKE if fake else backend, KVClassType.RECEIVER)
+    assert cls is not None
+    return cls(mgr, _bootstrap_addr(bootstrap_host, bootstrap_port), bootstrap_room)

@@ -1,0 +1,228 @@
+"""A prefill or decode KV manager in its own process (spawned), driven from the test over a pipe.
+
+Each process holds a real KVPool and MetadataBuffers and a real transfer engine; the test calls
+methods of ``Node`` remotely: ``node.call("send", room, pages, True)``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing as mp
+import os
+import time
+import traceback
+from typing import Any, Iterator, Optional
+
+import numpy as np
+
+LAYOUT = {"num_layers": 4, "num_kv_heads": 2, "head_dim": 16}
+
+
+class Node:
+    """Lives in the child process."""
+
+    def setup(
+        self,
+        backend: str,
+        mode: str,
+        bootstrap_port: int,
+        page_size: int = 4,
+        dtype: str = "bfloat16",
+        num_pages: int = 64,
+        meta_rows: int = 8,
+        env: Optional[dict[str, str]] = None,
+        layout: Optional[dict[str, int]] = None,
+    ) -> dict[str, Any]:
+        os.environ.update(env or {})
+        import torch
+
+        from sglang.srt.disaggregation.base.conn import KVArgs
+        from sglang.srt.disaggregation.common.metadata_buffers import MetadataBuffers
+        from sglang.srt.disaggregation.utils import get_kv_class
+        from sglang.srt.mem_cache.memory_pool import KVLayout, KVPool
+
+        shape = dict(layout or LAYOUT)
+        self.backend = backend
+        self.pool = KVPool(KVLayout(**shape, page_size=page_size, dtype=getattr(torch, dtype)),
+                           num_pages)
+        self.meta = MetadataBuffers(meta_rows)
+        ptrs, lens, item_lens = self.meta.ptrs_lens_item_lens()
+        args = KVArgs(
+            engine_rank=0,
+            kv_data_ptrs=self.pool.data_ptrs(),
+            kv_data_lens=self.pool.data_lens(),
+            kv_item_len=self.pool.item_len,
+            aux_data_ptrs=ptrs,
+            aux_data_lens=lens,
+            aux_item_lens=item_lens,
+            page_size=page_size,
+            kv_dtype=str(self.pool.dtype),
+            model_shape=shape,
+            bootstrap_port=bootstrap_port,
+            extra={"bootstrap_host": "127.0.0.1"},
+        )
+        self.mgr = get_kv_class(backend, "manager")(args, mode)
+        self.cls = get_kv_class(backend, "sender" if mode == "prefill" else "receiver")
+        self.conns: dict[int, Any] = {}
+        return self.mgr.describe()
+
+    def set_env(self, env: dict[str, Optional[str]]) -> None:
+        """Knobs are read when used, so tests can change them on a running manager."""
+        for k, v in env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+    def fill_random(self, seed: int) -> None:
+        import torch
+
+        g = torch.Generator().manual_seed(seed)
+        raw = self.pool.buffer.view(torch.uint8)
+        raw.copy_(torch.randint(0, 256, raw.shape, dtype=torch.uint8, generator=g))
+
+    def zero(self) -> None:
+        self.pool.buffer.zero_()
+        for i in range(self.meta.size):
+            self.meta.reset(i)
+
+    def pool_bytes(self) -> bytes:
+        import torch
+
+        return self.pool.buffer.view(torch.uint8).numpy().tobytes()
+
+    def open(self, room: int, bootstrap_addr: str) -> None:
+        self.conns[room] = self.cls(self.mgr, bootstrap_addr, room)
+
+    def poll(self, room: int) -> int:
+        return int(self.conns[room].poll())
+
+    def wait(self, room: int, states: list[int], timeout: float = 20.0) -> tuple[int, str]:
+        """Poll until the status is one of ``states``; (status, failure reason)."""
+        conn = self.conns[room]
+        deadline = time.monotonic() + timeout
+        while True:
+            st = int(conn.poll())
+            if st in states or time.monotonic() > deadline:
+                break
+            time.sleep(0.005)
+        return st, (str(conn.failure_exception()) if st == 0 else "")
+
+    def init(self, room: int, num_pages: int, aux_index: int) -> None:
+        self.conns[room].init(num_pages, aux_index)
+
+    def send(self, room: int, pages: list[int], last: bool) -> None:
+        self.conns[room].send(np.asarray(pages, dtype=np.int32), last)
+
+    def send_metadata(self, room: int, pages: list[int], aux_index: int) -> None:
+        self.conns[room].send_metadata(np.asarray(pages, dtype=np.int32), aux_index)
+
+    def set_aux(self, idx: int, room: int, first_token: int, cached: int,
+                logprob: Optional[float], top: list[tuple[float, int]]) -> None:
+        self.meta.set_buf(idx, room, first_token, cached, logprob, top)
+
+    def get_aux(self, idx: int) -> dict[str, Any]:
+        return self.meta.get_buf(idx)
+
+    def abort(self, room: int) -> None:
+        self.conns[room].abort()
+
+    def clear(self, room: int) -> None:
+        self.conns.pop(room).clear()
+
+    def metric(self, room: int) -> dict[str, Any]:
+        return self.conns[room].get_transfer_metric()
+
+    def shutdown(self) -> None:
+        self.mgr.shutdown()
+
+
+def _serve(conn: Any) -> None:
+    node = Node()
+    while True:
+        try:
+            method, args, kwargs = conn.recv()
+        except EOFError:
+            return
+        try:
+            conn.send(("ok", getattr(node, method)(*args, **kwargs)))
+        except Exception:
+            conn.send(("err", traceback.format_exc()))
+        if method == "shutdown":
+            return
+
+
+class Proc:
+    """Test-side handle of one spawned Node."""
+
+    def __init__(self, name: str):
+        ctx = mp.get_context("spawn")
+        self._conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_serve, args=(child,), name=name, daemon=True)
+        self.proc.start()
+        child.close()
+
+    def call(self, method: str, *args: Any, timeout: float = 30.0, **kwargs: Any) -> Any:
+        self.start(method, *args, **kwargs)
+        return self.result(method, timeout)
+
+    def start(self, method: str, *args: Any, **kwargs: Any) -> None:
+        self._conn.send((method, args, kwargs))
+
+    def result(self, method: str, timeout: float = 30.0) -> Any:
+        if not self._conn.poll(timeout):
+            raise TimeoutError(f"{self.proc.name}.{method} gave no answer in {timeout}s")
+        status, value = self._conn.recv()
+        if status == "err":
+            raise RuntimeError(f"{self.proc.name}.{method} failed:\n{value}")
+        return value
+
+    def kill(self) -> None:
+        if self.proc.is_alive():
+            self.proc.kill()
+        self.proc.join(timeout=5)
+
+    def close(self) -> None:
+        """Shut the manager down cleanly, then end the process without waiting for the
+        interpreter's (slow) teardown."""
+        if self.proc.is_alive():
+            try:
+                self.call("shutdown", timeout=10)
+            except Exception:
+                pass
+        self.kill()
+
+
+@contextlib.contextmanager
+def pd_pair(
+    backend: str,
+    prefill_kw: Optional[dict[str, Any]] = None,
+    decode_kw: Optional[dict[str, Any]] = None,
+    **common: Any,
+) -> Iterator[tuple[Proc, Proc, str]]:
+    """A prefill and a decode process (set up in parallel); yields (prefill, decode, addr)."""
+    from sglang.srt.disaggregation.common.utils import free_port
+
+    port = free_port()
+    procs: list[Proc] = []
+    try:
+        p, d = Proc(f"prefill-{backend}"), Proc(f"decode-{backend}")
+        procs += [p, d]
+        p.start("setup", backend, "prefill", port, **{**common, **(prefill_kw or {})})
+        d.start("setup", backend, "decode", port, **{**common, **(decode_kw or {})})
+        p.result("setup", timeout=60)
+        d.result("setup", timeout=60)
+        yield p, d, f"127.0.0.1:{port}"
+    finally:
+        for proc in procs:
+            proc.close()
+
+
+def new_proc(backend: str, mode: str, port: int, **kw: Any) -> Proc:
+    proc = Proc(f"{mode}-{backend}")
+    try:
+        proc.call("setup", backend, mode, port, timeout=60, **kw)
+    except Exception:
+        proc.kill()
+        raise
+    return proc
