@@ -32,6 +32,7 @@ from sglang.srt.mem_cache.cache_manager import KVCacheManager
 from sglang.srt.mem_cache.memory_pool import KVPool
 from sglang.srt.model_executor.model_config import ModelConfig
 from sglang.srt.model_executor.model_runner import ModelRunner
+from sglang.srt.sampling.sampling_params import SamplingParams
 from sglang.srt.server_args import ServerArgs
 
 logger = logging.getLogger(__name__)
@@ -90,6 +91,22 @@ class Scheduler:
             from sglang.srt.disaggregation.decode import DecodeQueues
 
             self.disagg = DecodeQueues(self)
+
+    def warmup(self) -> None:
+        """One short request through the whole path before serving (not in PD modes: a PD
+        request needs its peer)."""
+        if self.args.skip_server_warmup or self.disagg is not None:
+            return
+        sp = SamplingParams(max_new_tokens=2, temperature=0.0, ignore_eos=True)
+        self.waiting.append(
+            Req(TokenizedGenerateReqInput("warmup", list(range(1, 9)), sp), self.context_len)
+        )
+        t0 = time.monotonic()
+        while self.waiting or self.running:
+            self.step()
+        self.outbox.clear()
+        self.cache.flush()
+        logger.info("warm-up done in %.2fs", time.monotonic() - t0)
 
     def _pool_pages(self, bytes_per_token: int) -> int:
         a = self.args
@@ -287,6 +304,7 @@ def run_scheduler_process(args: ServerArgs, recv_addr: str, send_addr: str, read
     send.connect(send_addr)
     try:
         sched = Scheduler(args)
+        sched.warmup()
     except Exception as e:  # report start-up failures to the launcher, then exit
         logger.exception("scheduler failed to start")
         ready_pipe.send({"error": f"{type(e).__name__}: {e}"})
