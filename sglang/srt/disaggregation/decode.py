@@ -128,14 +128,6 @@ class DecodeQueues(DisaggQueuesBase):
     def takes(self, req: "Req") -> bool:
         return False
 
-    def release(self, req: "Req") -> None:
-        if req.disagg is not None:
-            if req.disagg.poll() not in (KVPoll.Success, KVPoll.Failed):
-                req.disagg.abort()
-            req.disagg.clear()
-            req.disagg = None
-        self.free_slot(req)
-
     def abort(self, rid: str) -> None:
         for queue in (self.prealloc, self.transfer):
             for req in list(queue):

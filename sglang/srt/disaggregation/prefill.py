@@ -102,15 +102,6 @@ class PrefillQueues(DisaggQueuesBase):
     def takes(self, req: "Req") -> bool:
         return req in self.inflight
 
-    def release(self, req: "Req") -> None:
-        """Called when the scheduler finishes ``req`` (also on aborts)."""
-        if req.disagg is not None:
-            if req.disagg.poll() not in (KVPoll.Success, KVPoll.Failed):
-                req.disagg.abort()
-            req.disagg.clear()
-            req.disagg = None
-        self.free_slot(req)
-
     def abort(self, rid: str) -> None:
         for req in list(self.bootstrap):
             if rid in ("", req.rid):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from sglang.srt.disaggregation.base.conn import KVArgs
+from sglang.srt.disaggregation.base.conn import KVArgs, KVPoll
 from sglang.srt.disaggregation.common.metadata_buffers import (
     MetadataBuffers,
     MetadataSlotAllocator,
@@ -72,7 +72,14 @@ class DisaggQueuesBase:
     def bootstrap_addr(req: "Req") -> str:
         return f"{req.bootstrap_host}:{req.bootstrap_port}"
 
-    def free_slot(self, req: "Req") -> None:
+    def release(self, req: "Req") -> None:
+        """Called when the scheduler finishes ``req`` (also on aborts): forget its room and
+        give back its metadata slot."""
+        if req.disagg is not None:
+            if req.disagg.poll() not in (KVPoll.Success, KVPoll.Failed):
+                req.disagg.abort()
+            req.disagg.clear()
+            req.disagg = None
         if req.metadata_index is not None:
             self.metadata.reset(req.metadata_index)
             self.slots.free(req.metadata_index)
