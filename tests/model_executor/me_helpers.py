@@ -66,9 +66,12 @@ def hf_logits(model, tokens: list[int]) -> torch.Tensor:
 class PagedDriver:
     """Owns a KV pool, hands out pages in shuffled order and builds EXTEND/DECODE batches."""
 
-    def __init__(self, runner: ModelRunner, page_size: int, num_pages: int = 64, seed: int = 0):
+    def __init__(
+        self, runner: ModelRunner, page_size: int, num_pages: int | None = None, seed: int = 0
+    ):
         self.runner = runner
         self.ps = page_size
+        num_pages = num_pages or max(64, 1024 // page_size)
         self.pool = KVPool(runner.kv_layout(page_size), num_pages, device=runner.device)
         runner.set_kv_pool(self.pool)
         self.free = list(range(num_pages))
@@ -113,6 +116,7 @@ class PagedDriver:
 
     def decode(self, reqs: list[tuple[str, int]]) -> torch.Tensor:
         fb = self._batch(ForwardMode.DECODE, [(r, [tok]) for r, tok in reqs], all_rows=False)
+        self.last_fb = fb
         return self.runner.forward(fb)
 
 
@@ -130,4 +134,3 @@ def rand_tokens(n: int, seed: int, vocab: int = TINY["vocab_size"]) -> list[int]
 
 def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a.float().cpu() - b.float().cpu()).abs().max().item()
-
