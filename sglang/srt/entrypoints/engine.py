@@ -63,6 +63,13 @@ class Engine:
 
     def shutdown(self) -> None:
         self._handle.shutdown()
+
+        async def _cancel() -> None:
+            task = self.tokenizer_manager._loop_task
+            if task is not None:
+                task.cancel()
+
+        self._run(_cancel())
         self._loop.call_soon_threadsafe(self._loop.stop)
 
     def __enter__(self) -> "Engine":
