@@ -36,7 +36,7 @@ def ask(base_url: str) -> None:
 
     client = OpenAI(base_url=base_url + "/v1", api_key="none")
     model = client.models.list().data[0].id
-    question = "Tell me about the lighthouse keeper."
+    question = "What is the capital of France?"
     chat = client.chat.completions.create(
         model=model, messages=[{"role": "user", "content": question}],
         max_tokens=48, temperature=0,
@@ -44,7 +44,7 @@ def ask(base_url: str) -> None:
     print(f"\n[chat] user: {question}\n[chat] assistant: {chat.choices[0].message.content!r}")
     print(f"[chat] usage: {chat.usage.prompt_tokens} prompt + "
           f"{chat.usage.completion_tokens} completion tokens")
-    prompt = "Once upon a time, in a small village by the sea,"
+    prompt = "A young girl named Lily"
     print(f"\n[stream] prompt: {prompt!r}\n[stream] ", end="", flush=True)
     t0, first, pieces = time.time(), None, 0
     for chunk in client.completions.create(
