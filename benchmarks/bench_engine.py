@@ -119,7 +119,14 @@ def main() -> None:
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=0,
+                    help="torch CPU threads for both (0: torch's default)")
     args = ap.parse_args()
+    if args.threads:
+        import os
+
+        os.environ["SGLANG_CPU_THREADS"] = str(args.threads)  # the engine's scheduler process
+        torch.set_num_threads(args.threads)  # transformers, in this process
     path = args.model_path or model_dir(args.preset)
     import json
 
