@@ -1,4 +1,4 @@
-"""python -m sglang.launch_server --model-path M [--port P] [--disaggregation-mode prefill|decode]"""
+"""python -m sglang.launch_server --model-path M [--port P] [--disaggregation-mode MODE]"""
 
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import Any, Optional
+from typing import Any
 
 import psutil
 import torch
@@ -292,10 +292,13 @@ class Scheduler:
             self.outbox = []
 
 
-def run_scheduler_process(args: ServerArgs, recv_addr: str, send_addr: str, ready_pipe: Any) -> None:
+def run_scheduler_process(
+    args: ServerArgs, recv_addr: str, send_addr: str, ready_pipe: Any
+) -> None:
+    mode = args.disaggregation_mode
     logging.basicConfig(
         level=args.log_level.upper(),
-        format=f"[%(asctime)s {args.disaggregation_mode}-sched] %(levelname)s %(name)s: %(message)s",
+        format=f"[%(asctime)s {mode}-sched] %(levelname)s %(name)s: %(message)s",
     )
     ctx = zmq.Context()
     recv = ctx.socket(zmq.PULL)

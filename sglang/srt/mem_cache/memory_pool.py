@@ -36,8 +36,10 @@ class KVPool:
         self.size = num_pages * layout.page_size  # token slots
         self.dtype = layout.dtype
         self.device = torch.device(device)
+        shape = (2, layout.num_layers, num_pages, layout.page_size, layout.num_kv_heads,
+                 layout.head_dim)
         self.buffer = torch.zeros(
-            (2, layout.num_layers, num_pages, layout.page_size, layout.num_kv_heads, layout.head_dim),
+            shape,
             dtype=layout.dtype,
             device=self.device,
         )
