@@ -26,14 +26,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def model_dir(preset: str) -> str:
-    from sglang.tools.create_model import create_model
+    from sglang.tools.create_model import cached_model
 
-    out = ROOT / "models" / f"{preset}-seed0"
-    if not out.exists():
-        tmp = out.with_name(out.name + ".partial")
-        create_model(preset, tmp, seed=0)
-        tmp.rename(out)
-    return str(out)
+    return cached_model(preset, ROOT / "models")
 
 
 def prompts(n: int, length: int, vocab: int, seed: int) -> list[list[int]]:

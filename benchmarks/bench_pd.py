@@ -41,14 +41,9 @@ TIMEOUT = 600
 
 
 def model_dir(preset: str) -> str:
-    from sglang.tools.create_model import create_model
+    from sglang.tools.create_model import cached_model
 
-    out = ROOT / "models" / f"{preset}-seed0"
-    if not out.exists():
-        tmp = out.with_name(out.name + ".partial")
-        create_model(preset, tmp, seed=0)
-        tmp.rename(out)
-    return str(out)
+    return cached_model(preset, ROOT / "models")
 
 
 class Prompts:

@@ -14,17 +14,9 @@ MODEL_CACHE = Path(os.environ.get("SGLANG_TEST_MODEL_DIR", ROOT / "models"))
 
 def built_model(preset: str, seed: int = 0) -> str:
     """A locally built model, made once and reused (models/ is git-ignored)."""
-    from sglang.tools.create_model import create_model
+    from sglang.tools.create_model import cached_model
 
-    out = MODEL_CACHE / f"{preset}-seed{seed}"
-    if not out.exists():
-        import shutil
-
-        tmp = out.with_name(out.name + ".partial")
-        shutil.rmtree(tmp, ignore_errors=True)
-        create_model(preset, tmp, seed=seed)
-        tmp.rename(out)
-    return str(out)
+    return cached_model(preset, MODEL_CACHE, seed)
 
 
 @pytest.fixture(scope="session")

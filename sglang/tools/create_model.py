@@ -104,6 +104,20 @@ def param_shapes(config: dict[str, Any]) -> list[tuple[str, tuple[int, ...]]]:
     return shapes
 
 
+def cached_model(preset: str, cache_dir: str | Path, seed: int = 0) -> str:
+    """``cache_dir/<preset>-seed<seed>``, built on first use. It is written to a ``.partial``
+    folder and renamed, so an interrupted build is never mistaken for a finished one."""
+    import shutil
+
+    out = Path(cache_dir) / f"{preset}-seed{seed}"
+    if not out.exists():
+        tmp = out.with_name(out.name + ".partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        create_model(preset, tmp, seed=seed)
+        tmp.rename(out)
+    return str(out)
+
+
 def _write_json(path: Path, obj: Any) -> None:
     path.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
 

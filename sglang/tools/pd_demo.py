@@ -20,15 +20,11 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def ensure_model(preset: str) -> str:
-    from sglang.tools.create_model import create_model
+    from sglang.tools.create_model import cached_model
 
-    out = ROOT / "models" / f"{preset}-seed0"
-    if not out.exists():
-        print(f"building the {preset} model into {out} ...", flush=True)
-        tmp = out.with_name(out.name + ".partial")
-        create_model(preset, tmp, seed=0)
-        tmp.rename(out)
-    return str(out)
+    if not (ROOT / "models" / f"{preset}-seed0").exists():
+        print(f"building the {preset} model into {ROOT / 'models'} ...", flush=True)
+    return cached_model(preset, ROOT / "models")
 
 
 def ask(base_url: str) -> None:
