@@ -23,7 +23,7 @@ def idle_and_whole(state: dict) -> bool:
         and pool["used_by_requests_pages"] == 0
         and pool["protected_pages"] == 0
         and pool["free_pages"] + pool["cached_pages"] == pool["total_pages"]
-        and pd.get("metadata_slots_free", 0) == pd.get("metadata_slots_free", 0)
+        and pd.get("metadata_slots_free") == pd.get("metadata_slots")
     )
 
 

@@ -16,7 +16,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from sglang.srt.disaggregation.base.conn import KVPoll
+from sglang.srt.disaggregation.fake.conn import FakeKVReceiver
 from sglang.srt.disaggregation.queues_common import DisaggQueuesBase
+from sglang.srt.disaggregation.utils import create_kv_receiver
 
 if TYPE_CHECKING:
     from sglang.srt.managers.req import Req
@@ -36,8 +38,8 @@ class DecodeQueues(DisaggQueuesBase):
 
     def add(self, req: "Req") -> None:
         req.input_logprobs_sent = True  # input logprobs come from the prefill server
-        cls, mgr = self.conn_class(req, "receiver")
-        req.disagg = cls(mgr, self.bootstrap_addr(req), req.bootstrap_room)
+        req.disagg = create_kv_receiver(self.mgr, self.backend, req.bootstrap_host,
+                                        req.bootstrap_port, req.bootstrap_room)
         self.prealloc.append(req)
         logger.debug("room=%s rid=%s: prealloc queue", req.bootstrap_room, req.rid)
 
@@ -100,7 +102,8 @@ class DecodeQueues(DisaggQueuesBase):
                 continue
             row = self.metadata.get_buf(req.metadata_index)
             self.transfer.remove(req)
-            if row["room"] != (req.bootstrap_room or 0) % (1 << 64) and not self._is_fake(req):
+            fake = isinstance(req.disagg, FakeKVReceiver)  # moves no data, so no room either
+            if row["room"] != (req.bootstrap_room or 0) % (1 << 64) and not fake:
                 req.abort(f"Metadata corruption detected - bootstrap_room mismatch "
                           f"(expected {req.bootstrap_room}, got {row['room']})")
                 s.finish(req, cache=False)
@@ -118,9 +121,6 @@ class DecodeQueues(DisaggQueuesBase):
             s.running.append(req)
             if req.stream or req.return_logprob:
                 s.outbox.append(s.out.make_output(req))
-
-    def _is_fake(self, req: "Req") -> bool:
-        return req.disagg.__class__.__name__.startswith("Fake")
 
     def after_forward(self, batch: "ScheduledBatch") -> None:
         pass
@@ -142,5 +142,6 @@ class DecodeQueues(DisaggQueuesBase):
             "prealloc_queue": len(self.prealloc),
             "transfer_queue": len(self.transfer),
             "metadata_slots_free": self.slots.available(),
+            "metadata_slots": self.num_slots,
             **self.describe(),
         }

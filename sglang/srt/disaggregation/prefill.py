@@ -17,6 +17,7 @@ import numpy as np
 
 from sglang.srt.disaggregation.base.conn import KVPoll
 from sglang.srt.disaggregation.queues_common import DisaggQueuesBase
+from sglang.srt.disaggregation.utils import create_kv_sender
 from sglang.srt.model_executor.forward_batch import ForwardMode
 
 if TYPE_CHECKING:
@@ -36,8 +37,8 @@ class PrefillQueues(DisaggQueuesBase):
 
     def add(self, req: "Req") -> None:
         req.max_new_tokens = min(req.max_new_tokens, 1)
-        cls, mgr = self.conn_class(req, "sender")
-        req.disagg = cls(mgr, self.bootstrap_addr(req), req.bootstrap_room)
+        req.disagg = create_kv_sender(self.mgr, self.backend, req.bootstrap_host,
+                                      req.bootstrap_port, req.bootstrap_room)
         self.bootstrap.append(req)
         logger.debug("room=%s rid=%s: bootstrap queue", req.bootstrap_room, req.rid)
 
@@ -124,6 +125,7 @@ class PrefillQueues(DisaggQueuesBase):
             "bootstrap_queue": len(self.bootstrap),
             "inflight_queue": len(self.inflight),
             "metadata_slots_free": self.slots.available(),
+            "metadata_slots": self.num_slots,
             "transfer": self.transfer_info(),
             **self.describe(),
         }

@@ -10,7 +10,7 @@ from sglang.srt.disaggregation.common.metadata_buffers import (
     MetadataBuffers,
     MetadataSlotAllocator,
 )
-from sglang.srt.disaggregation.utils import FAKE_BOOTSTRAP_HOST, get_kv_class
+from sglang.srt.disaggregation.utils import get_kv_class
 
 if TYPE_CHECKING:
     from sglang.srt.managers.req import Req
@@ -29,6 +29,7 @@ class DisaggQueuesBase:
         n_slots = 2 * sched.max_running + 8
         self.metadata = MetadataBuffers(n_slots)
         self.slots = MetadataSlotAllocator(n_slots)
+        self.num_slots = n_slots
         aux_ptrs, aux_lens, aux_item_lens = self.metadata.ptrs_lens_item_lens()
         pool = sched.pool
         host = "127.0.0.1" if args.host in ("0.0.0.0", "::", "localhost") else args.host
@@ -54,23 +55,9 @@ class DisaggQueuesBase:
             bootstrap_port=args.disaggregation_bootstrap_port,
         )
         self.mgr = get_kv_class(self.backend, "manager")(kv_args, self.mode)
-        self._fake_mgr = None
         self.totals = {"transfers": 0, "failed": 0, "bytes": 0, "seconds": 0.0, "blocks": 0}
         self.last_transfer: dict[str, Any] = {}
         logger.info("PD %s: %s", self.mode, self.describe())
-
-    def conn_class(self, req: "Req", kind: str) -> tuple[Any, Any]:
-        """(class, manager) for this request; warm-up requests use the fake backend."""
-        if req.bootstrap_host == FAKE_BOOTSTRAP_HOST or self.backend == "fake":
-            if self._fake_mgr is None:
-                self._fake_mgr = self.mgr if self.backend == "fake" else get_kv_class(
-                    "fake", "manager")(None, self.mode)
-            return get_kv_class("fake", kind), self._fake_mgr
-        return get_kv_class(self.backend, kind), self.mgr
-
-    @staticmethod
-    def bootstrap_addr(req: "Req") -> str:
-        return f"{req.bootstrap_host}:{req.bootstrap_port}"
 
     def release(self, req: "Req") -> None:
         """Called when the scheduler finishes ``req`` (also on aborts): forget its room and
@@ -101,8 +88,6 @@ class DisaggQueuesBase:
 
     def shutdown(self) -> None:
         self.mgr.shutdown()
-        if self._fake_mgr is not None and self._fake_mgr is not self.mgr:
-            self._fake_mgr.shutdown()
 
     def transfer_info(self) -> dict[str, Any]:
         t = dict(self.totals)

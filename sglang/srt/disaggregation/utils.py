@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 from enum import Enum
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 from sglang.srt.disaggregation.base.conn import BaseKVManager, BaseKVReceiver, BaseKVSender
 
@@ -81,6 +81,20 @@ def _bootstrap_addr(host: Optional[str], port: Optional[int]) -> str:
     return f"{host}:{port if port is not None else 8998}"
 
 
+def _create_conn(
+    kind: KVClassType,
+    mgr: BaseKVManager,
+    backend: Union[str, TransferBackend],
+    bootstrap_host: Optional[str],
+    bootstrap_port: Optional[int],
+    bootstrap_room: int,
+) -> Any:
+    fake = is_fake_bootstrap(bootstrap_host) or TransferBackend(backend) == TransferBackend.FAKE
+    cls = get_kv_class(TransferBackend.FAKE if fake else backend, kind)
+    assert cls is not None
+    return cls(mgr, _bootstrap_addr(bootstrap_host, bootstrap_port), bootstrap_room)
+
+
 def create_kv_sender(
     mgr: BaseKVManager,
     backend: Union[str, TransferBackend],
@@ -89,10 +103,8 @@ def create_kv_sender(
     bootstrap_room: int,
 ) -> BaseKVSender:
     """The prefill's sender for one request: fake for the warm-up host, else the backend's."""
-    fake = is_fake_bootstrap(bootstrap_host) or TransferBackend(backend) == TransferBackend.FAKE
-    cls = get_kv_class(TransferBackend.FAKE if fake else backend, KVClassType.SENDER)
-    assert cls is not None
-    return cls(mgr, _bootstrap_addr(bootstrap_host, bootstrap_port), bootstrap_room)
+    return _create_conn(KVClassType.SENDER, mgr, backend, bootstrap_host, bootstrap_port,
+                        bootstrap_room)
 
 
 def create_kv_receiver(
@@ -103,7 +115,5 @@ def create_kv_receiver(
     bootstrap_room: int,
 ) -> BaseKVReceiver:
     """The decode's receiver for one request: fake for the warm-up host, else the backend's."""
-    fake = is_fake_bootstrap(bootstrap_host) or TransferBackend(backend) == TransferBackend.FAKE
-    cls = get_kv_class(TransferBackend.FAKE if fake else backend, KVClassType.RECEIVER)
-    assert cls is not None
-    return cls(mgr, _bootstrap_addr(bootstrap_host, bootstrap_port), bootstrap_room)
+    return _create_conn(KVClassType.RECEIVER, mgr, backend, bootstrap_host, bootstrap_port,
+                        bootstrap_room)
