@@ -21,7 +21,8 @@ class ScheduledBatch:
     extend_lens: list[int]
     # per request: does this pass end its prompt (so it samples a token)?
     samples: list[bool]
-    # per request: (first logits row, first position) of its input-logprob rows, or None
+    # per request: (first logits row, first position, end position) of its input-logprob
+    # rows, or None
     logprob_rows: list[tuple[int, int, int] | None] = field(default_factory=list)
     forward: ForwardBatch | None = None
 

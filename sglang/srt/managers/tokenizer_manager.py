@@ -241,7 +241,7 @@ class TokenizerManager:
     async def get_server_info(self) -> dict[str, Any]:
         internal = await self.rpc("get_info")
         info = {
-            **{k: v for k, v in vars(self.server_args).items()},
+            **vars(self.server_args),
             **self.scheduler_info,
             "internal_states": [internal],
             "num_inflight_http_reqs": len(self._states),
