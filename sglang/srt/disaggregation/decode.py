@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from sglang.srt.disaggregation.base.conn import KVPoll
+from sglang.srt.disaggregation.base.conn import ABORTED, KVPoll
 from sglang.srt.disaggregation.fake.conn import FakeKVReceiver
 from sglang.srt.disaggregation.queues_common import DisaggQueuesBase
 from sglang.srt.disaggregation.utils import create_kv_receiver
@@ -134,7 +134,7 @@ class DecodeQueues(DisaggQueuesBase):
                 if rid in ("", req.rid):
                     queue.remove(req)
                     req.disagg.abort()
-                    req.abort("Aborted by AbortReq.", 499)
+                    req.abort(ABORTED, 499)
                     self.sched.finish(req, cache=False)
 
     def info(self) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from sglang.srt.disaggregation.base.conn import KVPoll
+from sglang.srt.disaggregation.base.conn import ABORTED, KVPoll
 from sglang.srt.disaggregation.queues_common import DisaggQueuesBase
 from sglang.srt.disaggregation.utils import create_kv_sender
 from sglang.srt.model_executor.forward_batch import ForwardMode
@@ -107,7 +107,7 @@ class PrefillQueues(DisaggQueuesBase):
         for req in list(self.bootstrap):
             if rid in ("", req.rid):
                 self.bootstrap.remove(req)
-                req.abort("Aborted by AbortReq.", 499)
+                req.abort(ABORTED, 499)
                 self.sched.finish(req)
         for req in self.inflight:
             if rid in ("", req.rid):

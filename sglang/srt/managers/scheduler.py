@@ -15,6 +15,7 @@ import psutil
 import torch
 import zmq
 
+from sglang.srt.disaggregation.base.conn import ABORTED
 from sglang.srt.env import envs
 from sglang.srt.managers.io_struct import (
     AbortReq,
@@ -186,7 +187,7 @@ class Scheduler:
             for req in list(queue):
                 if rid in ("", req.rid):
                     queue.remove(req)
-                    req.abort("Aborted by AbortReq.", 499)
+                    req.abort(ABORTED, 499)
                     self.finish(req)
         if self.disagg is not None:
             self.disagg.abort(rid)

@@ -27,6 +27,9 @@ from typing import Any, Optional
 import numpy as np
 
 
+ABORTED = "Aborted by AbortReq."  # the reason of every abort a client or the LB asked for
+
+
 class KVPoll(IntEnum):
     Failed = 0
     Bootstrapping = 1

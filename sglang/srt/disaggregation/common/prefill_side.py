@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from sglang.srt.disaggregation.base.conn import KVPoll
+from sglang.srt.disaggregation.base.conn import ABORTED, KVPoll
 from sglang.srt.disaggregation.common.messages import (
     AbortMsg,
     MetadataMsg,
@@ -37,9 +37,6 @@ if TYPE_CHECKING:
     from sglang.srt.disaggregation.common.manager import CommonKVManager
 
 logger = logging.getLogger(__name__)
-
-ABORTED = "Aborted by AbortReq."
-
 
 class PrefillSide:
     def __init__(self, mgr: CommonKVManager):

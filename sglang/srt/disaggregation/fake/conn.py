@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from sglang.srt.disaggregation.base.conn import (
+    ABORTED,
     BaseKVManager,
     BaseKVReceiver,
     BaseKVSender,
@@ -24,8 +25,6 @@ from sglang.srt.disaggregation.base.conn import (
 )
 
 logger = logging.getLogger(__name__)
-
-ABORTED = "Aborted by AbortReq."
 
 
 class FakeKVManager(BaseKVManager):
