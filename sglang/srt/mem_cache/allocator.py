@@ -57,6 +57,9 @@ class ReqToTokenPool:
     def write(self, row: int, start: int, slots: torch.Tensor) -> None:
         self.table[row, start : start + len(slots)] = slots
 
+    def write_slot(self, row: int, pos: int, slot: int) -> None:
+        self.table[row, pos] = slot
+
     def read(self, row: int, length: int) -> torch.Tensor:
         return self.table[row, :length]
 

@@ -81,7 +81,12 @@ class KVCacheManager:
                 return False
             req.pages.extend(pages)
         start = min(req.table_len, new_len)
-        if new_len > start:
+        if new_len == start + 1:  # a decode step's one position: no tensors to build
+            ps = self.page_size
+            slot = req.pages[start // ps] * ps + start % ps
+            self.req_to_token.write_slot(req.req_pool_idx, start, slot)
+            req.table_len = new_len
+        elif new_len > start:
             slots = pages_to_slots(req.pages, self.page_size, start, new_len)
             self.req_to_token.write(req.req_pool_idx, start, slots)
             req.table_len = new_len
