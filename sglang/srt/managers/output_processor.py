@@ -33,7 +33,10 @@ class OutputProcessor:
                 row += 1
         if not sampled_reqs:
             return []
-        rows = logits[torch.tensor(sample_rows, dtype=torch.int64)]
+        if len(sample_rows) == logits.shape[0]:
+            rows = logits  # every row samples, in order (decode): no gather copy
+        else:
+            rows = logits[torch.tensor(sample_rows, dtype=torch.int64)]
         next_ids = sample(
             rows, [r.sampling_params for r in sampled_reqs], [r.generator for r in sampled_reqs]
         ).tolist()
