@@ -16,16 +16,25 @@ needs_packing = pytest.mark.skipif(
 )
 
 
-def test_rope_matches_hf():
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rope_matches_hf(dtype):
+    """fp32 takes the torch path; bf16 the CPU kernel (in place on a row-strided view, as the
+    model calls it on its fused QKV output), which must equal HF's bf16 arithmetic exactly."""
     d = 64
     inv = 1.0 / (10000 ** (torch.arange(0, d, 2).float() / d))
-    rope = RotaryEmbedding(d, 512, inv)
-    x = torch.randn(7, 5, d)
+    rope = RotaryEmbedding(d, 512, inv, dtype=dtype)
     pos = torch.tensor([0, 1, 2, 100, 200, 300, 511])
-    cos, sin = rope.lookup(pos)
+    buf = torch.randn(7, 9 * d, dtype=dtype)  # 5 rotated heads, then 4 untouched (like V)
+    x = buf[:, : 5 * d].view(7, 5, d)
     emb = torch.cat([pos[:, None].float() * inv] * 2, dim=-1)
-    ref, _ = apply_rotary_pos_emb(x, x, emb.cos()[:, None], emb.sin()[:, None], unsqueeze_dim=0)
-    assert (RotaryEmbedding.apply(x, cos, sin) - ref).abs().max() <= 1e-5
+    cos, sin = emb.cos()[:, None].to(dtype), emb.sin()[:, None].to(dtype)
+    ref = apply_rotary_pos_emb(x.clone(), x.clone(), cos, sin, unsqueeze_dim=0)[0].view_as(x)
+    tail = buf[:, 5 * d :].clone()
+    out = rope.lookup(pos).rotate(x, 3, 2)
+    if dtype == torch.float32:
+        assert (out - ref).abs().max() <= 1e-5
+    else:
+        assert torch.equal(out, ref) and torch.equal(buf[:, 5 * d :], tail)
     with pytest.raises(ValueError, match="beyond the RoPE table"):
         rope.lookup(torch.tensor([512]))
 

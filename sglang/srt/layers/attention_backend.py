@@ -1,8 +1,10 @@
 """Paged-KV attention with ``torch.nn.functional.scaled_dot_product_attention`` (CPU and CUDA).
 
 Every layer first writes the new tokens' K/V into the pool at ``out_cache_loc``, then attends
-over each request's ``kv_indices``. What is derived from the batch (padded decode indices,
-masks, per-request slices) is built once per forward pass and kept in ``fb.attn_cache``.
+over each request's ``kv_indices``. Decode in bf16 on CPU reads the pages in place with the C
+kernel of ``cpu_kernels``; otherwise SDPA runs on gathered (or mirrored) K/V. What is derived
+from the batch (padded decode indices, masks, per-request slices) is built once per forward pass
+and kept in ``fb.attn_cache``.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.utils.rnn import pad_sequence
 
+from sglang.srt.layers import cpu_kernels
 from sglang.srt.layers.decode_kv_mirror import DecodeKVMirror
 from sglang.srt.mem_cache.memory_pool import KVPool
 from sglang.srt.model_executor.forward_batch import ForwardBatch, ForwardMode
@@ -22,7 +25,8 @@ from sglang.srt.model_executor.forward_batch import ForwardBatch, ForwardMode
 @dataclass
 class _DecodeMeta:
     loc: torch.Tensor  # [B] slots of the new tokens
-    flat_idx: torch.Tensor  # [B * L] slots, padded per request to L = max seq len
+    idx: torch.Tensor  # [B, L] slots, padded per request to L = max seq len
+    lens: torch.Tensor  # [B] int64
     mask: Optional[torch.Tensor]  # [B, 1, 1, L] additive (None when all lengths are equal)
     max_len: int
     use_mirror: bool  # K/V come from the DecodeKVMirror; else gathered into k_buf/v_buf
@@ -58,6 +62,7 @@ class TorchAttnBackend:
         self._k: list[torch.Tensor] = []
         self._v: list[torch.Tensor] = []
         self.mirror: Optional[DecodeKVMirror] = None
+        self.kernel: Optional[cpu_kernels.CpuKernels] = None
 
     def set_kv_pool(self, pool: KVPool) -> None:
         lay = pool.layout
@@ -71,7 +76,9 @@ class TorchAttnBackend:
         self._k = [pool.k_buffer(i).view(pool.size, -1) for i in range(pool.num_layers)]
         self._v = [pool.v_buffer(i).view(pool.size, -1) for i in range(pool.num_layers)]
         self.mirror = None
-        if pool.device.type == "cpu":
+        # bf16 on CPU: decode attention reads the pool in place (no gather, no mirror).
+        self.kernel = cpu_kernels.usable(self._k[0])
+        if pool.device.type == "cpu" and self.kernel is None:
             budget = min(2 << 30, max(512 << 20, pool.total_bytes() // 4))
             self.mirror = DecodeKVMirror(self._k, self._v, lay.num_kv_heads, lay.head_dim, budget)
 
@@ -84,17 +91,19 @@ class TorchAttnBackend:
             max_len = idx.shape[1]
             lens = torch.tensor(fb.seq_lens, dtype=torch.int64).to(device, non_blocking=True)
             mask = None
-            if min(fb.seq_lens) != max_len:
+            if self.kernel is None and min(fb.seq_lens) != max_len:
                 pad = torch.arange(max_len, device=device)[None, :] >= lens[:, None]
                 mask = torch.zeros(pad.shape, dtype=dtype, device=device)
                 mask = mask.masked_fill_(pad, float("-inf")).view(len(fb.seq_lens), 1, 1, max_len)
             loc = fb.out_cache_loc.to(device=device, dtype=torch.int64, non_blocking=True)
-            use_mirror = self.mirror is not None and self.mirror.prepare(idx, lens)
+            use_mirror = (
+                self.kernel is None and self.mirror is not None and self.mirror.prepare(idx, lens)
+            )
             k_buf = v_buf = None
-            if not use_mirror:
+            if self.kernel is None and not use_mirror:
                 buf = self._k[0].new_empty((2, idx.numel(), self._k[0].shape[1]))
                 k_buf, v_buf = buf[0], buf[1]
-            meta = _DecodeMeta(loc, idx.view(-1), mask, max_len, use_mirror, k_buf, v_buf)
+            meta = _DecodeMeta(loc, idx, lens, mask, max_len, use_mirror, k_buf, v_buf)
             fb.attn_cache["decode"] = meta
         return meta
 
@@ -133,6 +142,11 @@ class TorchAttnBackend:
         if fb.mode == ForwardMode.DECODE:
             meta = self._decode_meta(fb, q.device, q.dtype)
             self._store(kbuf, vbuf, meta.loc, k, v)
+            if self.kernel is not None:
+                return self.kernel.decode_attention(
+                    q, kbuf, vbuf, meta.idx, meta.lens, self.num_heads, self.num_kv_heads,
+                    self.scaling,
+                )
             if meta.use_mirror:
                 kc, vc = self.mirror.update(layer, k, v)
             else:
@@ -153,8 +167,8 @@ class TorchAttnBackend:
 
     def _gather(self, kbuf, vbuf, meta: _DecodeMeta) -> tuple[torch.Tensor, torch.Tensor]:
         b, kvh, d = meta.loc.shape[0], self.num_kv_heads, self.head_dim
-        torch.index_select(kbuf, 0, meta.flat_idx, out=meta.k_buf)
-        torch.index_select(vbuf, 0, meta.flat_idx, out=meta.v_buf)
+        torch.index_select(kbuf, 0, meta.idx.view(-1), out=meta.k_buf)
+        torch.index_select(vbuf, 0, meta.idx.view(-1), out=meta.v_buf)
         k = meta.k_buf.view(b, meta.max_len, kvh, d).transpose(1, 2)
         v = meta.v_buf.view(b, meta.max_len, kvh, d).transpose(1, 2)
         return k, v

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Optional
 
 import torch
 import torch.nn as nn
+
+from sglang.srt.layers import cpu_kernels
 
 logger = logging.getLogger(__name__)
 
@@ -58,14 +60,17 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("cos_cache", cos, persistent=False)
         self.register_buffer("sin_cache", sin_signed, persistent=False)
 
-    def lookup(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos and signed sin for ``positions`` [T], each [T, 1, head_dim]; once per forward."""
+    def lookup(self, positions: torch.Tensor) -> "RopeBatch":
+        """The rotation for the tokens at ``positions`` [T]; once per forward."""
         if positions.numel() and int(positions.max()) >= self.cos_cache.shape[0]:
             raise ValueError(
                 f"position {int(positions.max())} is beyond the RoPE table "
                 f"({self.cos_cache.shape[0]} positions)"
             )
-        return self.cos_cache[positions].unsqueeze(1), self.sin_cache[positions].unsqueeze(1)
+        if cpu_kernels.usable(self.cos_cache) and positions.dtype == torch.int64:
+            return RopeBatch(positions.contiguous(), self.cos_cache, self.sin_cache, kernel=True)
+        cos, sin = self.cos_cache[positions], self.sin_cache[positions]
+        return RopeBatch(positions, cos.unsqueeze(1), sin.unsqueeze(1))
 
     @staticmethod
     def apply(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -73,3 +78,25 @@ class RotaryEmbedding(nn.Module):
         t, n, d = x.shape
         swapped = x.unflatten(-1, (2, d // 2)).flip(-2).flatten(-2)
         return torch.addcmul(x * cos, swapped, sin)
+
+
+class RopeBatch:
+    """cos and signed sin for one forward's tokens: gathered per token [T, 1, head_dim] for the
+    torch path, or the whole tables with the positions for the bf16 CPU kernel."""
+
+    def __init__(self, positions: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                 kernel: bool = False):
+        self.positions, self.cos, self.sin = positions, cos, sin
+        self.kernel: Optional[cpu_kernels.CpuKernels] = cpu_kernels.get() if kernel else None
+
+    def rotate(self, x: torch.Tensor, heads: int, kv_heads: int) -> torch.Tensor:
+        """Rotate ``x`` [T, heads + kv_heads, head_dim]: in place with the kernel (x may be a
+        row-strided view with packed heads), else into a new tensor."""
+        if self.kernel is not None and x.stride(2) == 1 and x.stride(1) == x.shape[2]:
+            self.kernel.rope(x, self.positions, self.cos, self.sin, heads, kv_heads)
+            return x
+        if self.cos.shape[0] != x.shape[0]:  # tables: gather for the torch path
+            self.cos = self.cos[self.positions].unsqueeze(1)
+            self.sin = self.sin[self.positions].unsqueeze(1)
+            self.kernel = None
+        return RotaryEmbedding.apply(x, self.cos, self.sin)

@@ -15,7 +15,7 @@ from sglang.srt.layers.attention_backend import TorchAttnBackend
 from sglang.srt.layers.embedding import LMHead, VocabEmbedding
 from sglang.srt.layers.layernorm import RMSNorm, rms_normalize
 from sglang.srt.layers.linear import GateUpLinear, Linear, MergedLinear
-from sglang.srt.layers.rotary_embedding import RotaryEmbedding, rope_inv_freq
+from sglang.srt.layers.rotary_embedding import RopeBatch, RotaryEmbedding, rope_inv_freq
 from sglang.srt.model_executor.forward_batch import ForwardBatch
 from sglang.srt.model_executor.model_config import ModelConfig
 
@@ -63,7 +63,7 @@ class Attention(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        rope: tuple[torch.Tensor, torch.Tensor],
+        rope: RopeBatch,
         fb: ForwardBatch,
         backend: TorchAttnBackend,
     ) -> torch.Tensor:
@@ -72,7 +72,7 @@ class Attention(nn.Module):
         qk = qkv[:, : self.qk_size].view(t, self.num_heads + self.num_kv_heads, self.head_dim)
         if self.qk_norm_weight is not None:
             qk = self.qk_norm_weight * rms_normalize(qk, self.q_norm.eps)
-        qk = RotaryEmbedding.apply(qk, *rope)
+        qk = rope.rotate(qk, self.num_heads, self.num_kv_heads)
         q = qk[:, : self.num_heads].view(t, -1)
         k = qk[:, self.num_heads :].view(t, -1)
         v = qkv[:, self.qk_size :]

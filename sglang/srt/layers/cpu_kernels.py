@@ -1,0 +1,172 @@
+"""bf16 CPU kernels (``cpu_kernels.c``): fused add + RMSNorm, RoPE, decode attention on the pool.
+
+The C file is compiled on first use with the system C compiler (``$CC`` or ``gcc``, ``-O3
+-march=native -fopenmp``) into ``$SGLANG_CPU_KERNEL_DIR`` (default ``~/.cache/sglang``), keyed by
+a hash of the source, flags and machine, and loaded with ctypes. Its OpenMP runtime is the one
+torch already loaded (same ``libgomp.so.1``), so the kernels use torch's thread count.
+
+``get()`` returns None, and the callers keep their torch paths, when the kernels are disabled
+(``SGLANG_CPU_KERNELS=0``), there is no compiler, or the build fails (logged once).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+_SRC = Path(__file__).with_name("cpu_kernels.c")
+_FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=gnu11"]
+_ABI = 1
+_I64, _PTR, _F32 = ctypes.c_int64, ctypes.c_void_p, ctypes.c_float
+
+_SIGNATURES = {
+    "add_rmsnorm_bf16": [_PTR, _I64, _PTR, _I64, _PTR, _PTR, _I64, _I64, _I64, _F32],
+    "rope_store_bf16": [_PTR, _I64, _PTR, _I64, _PTR, _PTR, _PTR, _I64, _I64, _I64, _I64, _PTR,
+                        _PTR, _PTR, _I64],
+    "decode_attn_bf16": [_PTR, _I64, _PTR, _PTR, _I64, _PTR, _I64, _PTR, _PTR, _I64, _I64, _I64,
+                         _I64, _I64, _F32],
+}
+
+
+def _cache_dir() -> Path:
+    default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "sglang"
+    return Path(os.environ.get("SGLANG_CPU_KERNEL_DIR", default))
+
+
+def build(force: bool = False, extra_flags: tuple[str, ...] = ()) -> Path:
+    """Compile ``cpu_kernels.c`` (unless a build for this source, flags and machine exists);
+    its path. ``extra_flags`` e.g. ``("-mno-avx512f",)`` builds the portable variant."""
+    cc = os.environ.get("CC", "gcc")
+    flags = [*_FLAGS, *extra_flags]
+    key = hashlib.sha256(
+        _SRC.read_bytes() + " ".join([cc, *flags, platform.machine(), platform.node()]).encode()
+    ).hexdigest()[:16]
+    out_dir = _cache_dir()
+    lib = out_dir / f"sglang_cpu_kernels_{key}.so"
+    if lib.exists() and not force:
+        return lib
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=out_dir)
+    os.close(fd)
+    try:
+        subprocess.run([cc, *flags, str(_SRC), "-o", tmp, "-lm"], check=True,
+                       capture_output=True, text=True, timeout=300)
+        os.replace(tmp, lib)  # atomic: concurrent builders each install a whole file
+    except subprocess.CalledProcessError as e:
+        raise RuntimeError(f"{cc} failed on {_SRC.name}: {e.stderr.strip()[-2000:]}") from e
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return lib
+
+
+class CpuKernels:
+    def __init__(self, path: Path):
+        torch.get_num_threads()  # make sure torch (and its libgomp) is loaded first
+        self.lib = ctypes.CDLL(str(path))
+        if self.lib.kernels_abi_version() != _ABI:
+            raise RuntimeError(f"{path} is not ABI version {_ABI}")
+        for name, argtypes in _SIGNATURES.items():
+            fn = getattr(self.lib, name)
+            fn.argtypes, fn.restype = argtypes, None
+        self._norm = self.lib.add_rmsnorm_bf16
+        self._rope = self.lib.rope_store_bf16
+        self._attn = self.lib.decode_attn_bf16
+
+    def add_rmsnorm(
+        self, x: torch.Tensor, residual: Optional[torch.Tensor], weight: torch.Tensor, eps: float
+    ) -> torch.Tensor:
+        """``weight * norm(x)``, or with ``residual``: ``residual += x`` in place, then
+        ``weight * norm(residual)``. 2-D bf16 rows with unit inner stride."""
+        rows, n = x.shape
+        out = torch.empty((rows, n), dtype=x.dtype)
+        res_ptr, res_stride = (residual.data_ptr(), residual.stride(0)) if residual is not None \
+            else (None, 0)
+        self._norm(x.data_ptr(), x.stride(0), res_ptr, res_stride, weight.data_ptr(),
+                   out.data_ptr(), n, rows, n, eps)
+        return out
+
+    def rope(
+        self,
+        qk: torch.Tensor,
+        positions: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        heads: int,
+        kv_heads: int,
+    ) -> None:
+        """Rotate ``qk`` [T, (heads + kv_heads) * head_dim] (row-strided view) in place with the
+        bf16 tables ``cos``/``sin`` [max_pos, head_dim] (sin carries the rotate_half sign)."""
+        d = cos.shape[1]
+        self._rope(qk.data_ptr(), qk.stride(0), None, 0, positions.data_ptr(), cos.data_ptr(),
+                   sin.data_ptr(), qk.shape[0], heads, kv_heads, d, None, None, None, 0)
+
+    def decode_attention(
+        self,
+        q: torch.Tensor,
+        k_pool: torch.Tensor,
+        v_pool: torch.Tensor,
+        idx: torch.Tensor,
+        lens: torch.Tensor,
+        heads: int,
+        kv_heads: int,
+        scale: float,
+    ) -> torch.Tensor:
+        """q [B, heads * d] (row-strided view); pools [slots, kv_heads * d]; idx [B, L] int64
+        pool rows per request (padded), lens [B] int64. Returns [B, heads * d]."""
+        b, width = q.shape
+        if q.dtype != k_pool.dtype or q.stride(1) != 1:
+            raise ValueError(f"decode_attention: q must be {k_pool.dtype} rows of unit stride")
+        out = torch.empty((b, width), dtype=q.dtype)
+        self._attn(q.data_ptr(), q.stride(0), k_pool.data_ptr(), v_pool.data_ptr(),
+                   k_pool.stride(0), idx.data_ptr(), idx.stride(0), lens.data_ptr(),
+                   out.data_ptr(), width, b, heads, kv_heads, width // heads, scale)
+        return out
+
+
+_kernels: Optional[CpuKernels] = None
+_tried = False
+_enabled = os.environ.get("SGLANG_CPU_KERNELS", "1").lower() not in ("0", "false", "no", "off")
+
+
+def set_enabled(on: bool) -> None:
+    """Switch the kernels on or off for what is built from now on (tests compare both paths)."""
+    global _enabled
+    _enabled = on
+
+
+def get() -> Optional[CpuKernels]:
+    """The loaded kernels, or None (disabled or not buildable here: torch paths are used)."""
+    global _kernels, _tried
+    if not _enabled:
+        return None
+    if not _tried:
+        _tried = True
+        try:
+            _kernels = CpuKernels(build())
+        except (OSError, RuntimeError, subprocess.SubprocessError) as e:
+            logger.warning("CPU kernels unavailable, using torch ops instead: %s", e)
+    return _kernels
+
+
+def usable(*tensors: torch.Tensor) -> Optional[CpuKernels]:
+    """The kernels if every tensor is a bf16 CPU tensor, else None."""
+    for t in tensors:
+        if t.dtype != torch.bfloat16 or t.device.type != "cpu":
+            return None
+    return get()
+
+
+if __name__ == "__main__":
+    print(build(force=True))
