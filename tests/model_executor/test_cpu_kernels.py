@@ -78,6 +78,19 @@ def test_portable_build_without_avx512():
     assert torch.equal(r1, r2)
 
 
+def test_store_kv_matches_index_copy():
+    g = torch.Generator().manual_seed(0)
+    qkv = torch.randn(7, 20 * 16, generator=g).bfloat16()
+    k, v = qkv[:, 8 * 16 : 14 * 16], qkv[:, 14 * 16 :]  # row-strided views, as in the model
+    loc = torch.randperm(50, generator=g)[:7]
+    pools = [torch.zeros(50, 6 * 16, dtype=torch.bfloat16) for _ in range(4)]
+    kernels.store_kv(pools[0], pools[1], loc, k, v)
+    pools[2].index_copy_(0, loc, k)
+    pools[3].index_copy_(0, loc, v)
+    assert torch.equal(pools[0], pools[2]) and torch.equal(pools[1], pools[3])
+    assert pools[0].abs().sum() > 0
+
+
 def test_decode_attention_rejects_wrong_dtype():
     pool = torch.zeros(4, 64, dtype=torch.bfloat16)
     idx, lens = torch.zeros(1, 1, dtype=torch.int64), torch.ones(1, dtype=torch.int64)

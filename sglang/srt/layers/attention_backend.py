@@ -158,8 +158,10 @@ class TorchAttnBackend:
         self._store(kbuf, vbuf, meta.loc, k, v)
         return self._extend(q, k, v, kbuf, vbuf, meta)
 
-    @staticmethod
-    def _store(kbuf: torch.Tensor, vbuf: torch.Tensor, loc: torch.Tensor, k, v) -> None:
+    def _store(self, kbuf: torch.Tensor, vbuf: torch.Tensor, loc: torch.Tensor, k, v) -> None:
+        if self.kernel is not None and k.dtype == kbuf.dtype:
+            self.kernel.store_kv(kbuf, vbuf, loc, k, v)
+            return
         if k.dtype != kbuf.dtype:
             k, v = k.to(kbuf.dtype), v.to(vbuf.dtype)
         kbuf.index_copy_(0, loc, k)

@@ -18,6 +18,10 @@
 
 typedef uint16_t bf16;
 
+#define BLK 32     // decode attention: positions per online-softmax block
+#define MAX_G 16   // query heads per kv head
+#define MAX_D 256  // head_dim
+
 static inline float bf2f(bf16 x) {
     union { uint32_t u; float f; } v = {.u = (uint32_t)x << 16};
     return v.f;
@@ -82,15 +86,12 @@ void add_rmsnorm_bf16(const bf16 *x, int64_t x_stride, bf16 *residual, int64_t r
     }
 }
 
-// ---- RoPE (rotate_half convention) + KV-pool store -------------------------------------------
+// ---- RoPE (rotate_half convention) ------------------------------------------------------------
 // qk: rows of (heads + kv_heads) * d, row stride qk_stride; rotated in place as HF does in bf16:
 // bf16(bf16(x * cos) + bf16(rotate_half(x) * sin)). cos/sin: [max_pos, d] bf16 tables (sin with
-// the rotate_half sign folded in: [-sin_lo, sin_hi]). If loc: the rotated k heads and the v row
-// (v, row stride v_stride, kv_heads * d wide) of token t go to pool rows loc[t].
-void rope_store_bf16(bf16 *qk, int64_t qk_stride, const bf16 *v, int64_t v_stride,
-                     const int64_t *pos, const bf16 *cos_t, const bf16 *sin_t, int64_t tokens,
-                     int64_t heads, int64_t kv_heads, int64_t d, const int64_t *loc, bf16 *k_pool,
-                     bf16 *v_pool, int64_t pool_stride) {
+// the rotate_half sign folded in: [-sin_lo, sin_hi]).
+void rope_bf16(bf16 *qk, int64_t qk_stride, const int64_t *pos, const bf16 *cos_t,
+               const bf16 *sin_t, int64_t tokens, int64_t heads, int64_t kv_heads, int64_t d) {
     const int64_t half = d / 2, nh = heads + kv_heads;
 #pragma omp parallel for schedule(static) if (tokens * nh * d >= 32768)
     for (int64_t t = 0; t < tokens; t++) {
@@ -98,7 +99,7 @@ void rope_store_bf16(bf16 *qk, int64_t qk_stride, const bf16 *v, int64_t v_strid
         bf16 *row = qk + t * qk_stride;
         for (int64_t h = 0; h < nh; h++) {
             bf16 *x = row + h * d;
-            float lo[256], hi[256];
+            float lo[MAX_D / 2], hi[MAX_D / 2];
 #pragma omp simd
             for (int64_t i = 0; i < half; i++) {
                 lo[i] = bf2f(x[i]);
@@ -114,11 +115,19 @@ void rope_store_bf16(bf16 *qk, int64_t qk_stride, const bf16 *v, int64_t v_strid
                 x[i + half] = f2bf(a2 + b2);
             }
         }
-        if (loc) {
-            int64_t slot = loc[t];
-            memcpy(k_pool + slot * pool_stride, row + heads * d, kv_heads * d * sizeof(bf16));
-            memcpy(v_pool + slot * pool_stride, v + t * v_stride, kv_heads * d * sizeof(bf16));
-        }
+    }
+}
+
+// ---- KV-pool store ---------------------------------------------------------------------------
+// The k and v rows (width elements, row strides k_stride / v_stride) of token t go to pool rows
+// loc[t] (row stride pool_stride): one call instead of two index_copy_.
+void store_kv_bf16(const bf16 *k, int64_t k_stride, const bf16 *v, int64_t v_stride,
+                   const int64_t *loc, int64_t tokens, int64_t width, bf16 *k_pool, bf16 *v_pool,
+                   int64_t pool_stride) {
+#pragma omp parallel for schedule(static) if (tokens * width >= 65536)
+    for (int64_t t = 0; t < tokens; t++) {
+        memcpy(k_pool + loc[t] * pool_stride, k + t * k_stride, width * sizeof(bf16));
+        memcpy(v_pool + loc[t] * pool_stride, v + t * v_stride, width * sizeof(bf16));
     }
 }
 
@@ -128,9 +137,6 @@ void rope_store_bf16(bf16 *qk, int64_t qk_stride, const bf16 *v, int64_t v_strid
 // stride pool_stride). out: [B, heads * d] (row stride out_stride). Grouped-query: the
 // g = heads / kv_heads query heads of a kv head share each K/V row read. Online softmax in
 // float32 over blocks of BLK positions; one (request, kv head) pair per OpenMP work item.
-#define BLK 32
-#define MAX_G 16
-#define MAX_D 256
 
 // Portable version: any g <= MAX_G, d <= MAX_D.
 static void attn_item_generic(const bf16 *q, const bf16 *k_pool, const bf16 *v_pool,
@@ -294,4 +300,4 @@ void decode_attn_bf16(const bf16 *q, int64_t q_stride, const bf16 *k_pool, const
 #undef CASE
 }
 
-int kernels_abi_version(void) { return 1; }
+int kernels_abi_version(void) { return 2; }

@@ -1,4 +1,4 @@
-"""bf16 CPU kernels (``cpu_kernels.c``): fused add + RMSNorm, RoPE, decode attention on the pool.
+"""bf16 CPU kernels (``cpu_kernels.c``): add + RMSNorm, RoPE, KV store, decode attention.
 
 The C file is compiled on first use with the system C compiler (``$CC`` or ``gcc``, ``-O3
 -march=native -fopenmp``) into ``$SGLANG_CPU_KERNEL_DIR`` (default ``~/.cache/sglang``), keyed by
@@ -27,13 +27,13 @@ logger = logging.getLogger(__name__)
 
 _SRC = Path(__file__).with_name("cpu_kernels.c")
 _FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=gnu11"]
-_ABI = 1
+_ABI = 2
 _I64, _PTR, _F32 = ctypes.c_int64, ctypes.c_void_p, ctypes.c_float
 
 _SIGNATURES = {
     "add_rmsnorm_bf16": [_PTR, _I64, _PTR, _I64, _PTR, _PTR, _I64, _I64, _I64, _F32],
-    "rope_store_bf16": [_PTR, _I64, _PTR, _I64, _PTR, _PTR, _PTR, _I64, _I64, _I64, _I64, _PTR,
-                        _PTR, _PTR, _I64],
+    "rope_bf16": [_PTR, _I64, _PTR, _PTR, _PTR, _I64, _I64, _I64, _I64],
+    "store_kv_bf16": [_PTR, _I64, _PTR, _I64, _PTR, _I64, _I64, _PTR, _PTR, _I64],
     "decode_attn_bf16": [_PTR, _I64, _PTR, _PTR, _I64, _PTR, _I64, _PTR, _PTR, _I64, _I64, _I64,
                          _I64, _I64, _F32],
 }
@@ -81,7 +81,8 @@ class CpuKernels:
             fn = getattr(self.lib, name)
             fn.argtypes, fn.restype = argtypes, None
         self._norm = self.lib.add_rmsnorm_bf16
-        self._rope = self.lib.rope_store_bf16
+        self._rope = self.lib.rope_bf16
+        self._store = self.lib.store_kv_bf16
         self._attn = self.lib.decode_attn_bf16
 
     def add_rmsnorm(
@@ -108,9 +109,20 @@ class CpuKernels:
     ) -> None:
         """Rotate ``qk`` [T, (heads + kv_heads) * head_dim] (row-strided view) in place with the
         bf16 tables ``cos``/``sin`` [max_pos, head_dim] (sin carries the rotate_half sign)."""
-        d = cos.shape[1]
-        self._rope(qk.data_ptr(), qk.stride(0), None, 0, positions.data_ptr(), cos.data_ptr(),
-                   sin.data_ptr(), qk.shape[0], heads, kv_heads, d, None, None, None, 0)
+        self._rope(qk.data_ptr(), qk.stride(0), positions.data_ptr(), cos.data_ptr(),
+                   sin.data_ptr(), qk.shape[0], heads, kv_heads, cos.shape[1])
+
+    def store_kv(
+        self, k_pool: torch.Tensor, v_pool: torch.Tensor, loc: torch.Tensor, k: torch.Tensor,
+        v: torch.Tensor
+    ) -> None:
+        """``k_pool[loc] = k; v_pool[loc] = v`` for rows [T, width] (row-strided views) into
+        pools [slots, width]; loc int64 [T]."""
+        if k.dtype != k_pool.dtype or k.stride(1) != 1 or v.stride(1) != 1 or loc.stride(0) != 1:
+            raise ValueError(f"store_kv: k, v must be {k_pool.dtype} rows of unit stride")
+        self._store(k.data_ptr(), k.stride(0), v.data_ptr(), v.stride(0), loc.data_ptr(),
+                    k.shape[0], k.shape[1], k_pool.data_ptr(), v_pool.data_ptr(),
+                    k_pool.stride(0))
 
     def decode_attention(
         self,
