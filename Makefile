@@ -18,10 +18,14 @@ $(VENV)/.installed: pyproject.toml
 	  echo "installing Debian's libibverbs1 (needed by the Mooncake transfer engine)"; \
 	  (apt-get install -y -q libibverbs1 ibverbs-providers || \
 	   (apt-get update -q && apt-get install -y -q libibverbs1 ibverbs-providers)) >/dev/null; }
+	@command -v gcc >/dev/null || { \
+	  echo "installing gcc (builds the bf16 CPU kernels; without it torch ops are used)"; \
+	  (apt-get install -y -q gcc || (apt-get update -q && apt-get install -y -q gcc)) >/dev/null || true; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
+	$(PY) -m sglang.srt.layers.cpu_kernels || echo "CPU kernels not built: torch ops will be used"
 	touch $@
 
 demo: install
