@@ -276,9 +276,10 @@ static inline __attribute__((always_inline)) void attn_item_avx512(
 #endif
 
 // One copy of the parallel loop per common (g, d), so that the inner loops have fixed trip
-// counts, and a generic copy for any other shape.
+// counts, and a generic copy for any other shape. With a few requests or more, a thread takes
+// all kv heads of a request in a row, so its K/V rows come from DRAM once (then from cache).
 #define ATTN_LOOP(ITEM, G, D)                                                                    \
-    _Pragma("omp parallel for collapse(2) schedule(dynamic, 1)")                                 \
+    _Pragma("omp parallel for collapse(2) schedule(dynamic, chunk)")                             \
     for (int64_t b = 0; b < batch; b++)                                                          \
         for (int64_t kh = 0; kh < kv_heads; kh++)                                                \
             ITEM(q + b * q_stride + kh * (G) * (D), k_pool, v_pool, pool_stride,                 \
@@ -289,7 +290,7 @@ void decode_attn_bf16(const bf16 *q, int64_t q_stride, const bf16 *k_pool, const
                       int64_t pool_stride, const int64_t *idx, int64_t idx_stride,
                       const int64_t *lens, bf16 *out, int64_t out_stride, int64_t batch,
                       int64_t heads, int64_t kv_heads, int64_t d, float scale) {
-    const int64_t g = heads / kv_heads;
+    const int64_t g = heads / kv_heads, chunk = batch >= 4 ? kv_heads : 1;
 #define CASE(G, D) else if (g == G && d == D) { ATTN_LOOP(ATTN_ITEM_FAST, G, D) }
     if (0) {
     }
