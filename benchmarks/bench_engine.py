@@ -8,8 +8,10 @@ Workloads (the same for both, greedy, EOS ignored):
   decode@32 32 prompts of 128 tokens, 32 new tokens each      -> decode tokens / s
 Decode throughput counts the tokens after the first and the time after the prefill:
 B * (N - 1) / (t(N new tokens) - t(1 new token)), measured the same way for both. End-to-end
-output tokens / s (prefill included) is printed beside it. Prints both engines' figures and the
-ratio engine / transformers. Targets: decode@32 >= 2x, decode@1 and prefill >= 1x.
+output tokens / s (prefill included) is printed beside it. Both engines are loaded side by side and
+every rep runs the workload on one then the other, so that the drifting speed of a shared machine
+hits both; printed are each one's median rate and the median of the per-rep ratios
+engine / transformers. Targets: decode@32 >= 2x, decode@1 and prefill >= 1x.
 """
 
 from __future__ import annotations
@@ -51,60 +53,77 @@ def rates(name: str, batch: int, plen: int, new: int, t_first: float, t_all: flo
             name + " e2e": batch * new / t_all}
 
 
-def bench_engine(path: str, dtype: str, device: str, vocab: int, reps: int) -> dict[str, float]:
-    from sglang import Engine
+class EngineRunner:
+    """The engine under test (its scheduler is a separate process, as in a server)."""
 
-    eng = Engine(model_path=path, dtype=dtype, device=device, max_total_tokens=32768,
-                 chunked_prefill_size=8192, max_running_requests=64)
-    results = {}
-    try:
-        eng.generate(input_ids=prompts(2, 64, vocab, 0), sampling_params={"max_new_tokens": 4})
-        def run(ids: list[list[int]], n: int) -> float:
-            eng.flush_cache()
-            sp = {"max_new_tokens": n, "temperature": 0, "ignore_eos": True}
+    name = "engine"
+
+    def __init__(self, path: str, dtype: str, device: str):
+        from sglang import Engine
+
+        self.eng = Engine(model_path=path, dtype=dtype, device=device, max_total_tokens=32768,
+                          chunked_prefill_size=8192, max_running_requests=64)
+
+    def run(self, ids: list[list[int]], n: int) -> float:
+        self.eng.flush_cache()  # no prefix-cache hits between runs
+        sp = {"max_new_tokens": n, "temperature": 0, "ignore_eos": True}
+        t0 = time.perf_counter()
+        self.eng.generate(input_ids=ids if len(ids) > 1 else ids[0], sampling_params=sp)
+        return time.perf_counter() - t0
+
+    def close(self) -> None:
+        self.eng.shutdown()
+
+
+class HFRunner:
+    """``transformers`` ``generate`` in this process."""
+
+    name = "transformers"
+
+    def __init__(self, path: str, dtype: str, device: str):
+        from transformers import AutoModelForCausalLM
+
+        torch_dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16,
+                       "float32": torch.float32}[dtype]
+        self.device = device
+        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
+        self.model = self.model.to(device).eval()
+
+    def run(self, ids: list[list[int]], n: int) -> float:
+        x = torch.tensor(ids, device=self.device)
+        with torch.inference_mode():
             t0 = time.perf_counter()
-            eng.generate(input_ids=ids if len(ids) > 1 else ids[0], sampling_params=sp)
-            return time.perf_counter() - t0
-
-        for name, batch, plen, new in WORKLOADS:
-            runs = []
-            for rep in range(reps):
-                ids = prompts(batch, plen, vocab, seed=1000 * rep + batch)
-                runs.append(rates(name, batch, plen, new, run(ids, 1), run(ids, new)))
-            for key in runs[0]:
-                results[key] = statistics.median(r[key] for r in runs)
-    finally:
-        eng.shutdown()
-    return results
-
-
-def bench_hf(path: str, dtype: str, device: str, vocab: int, reps: int) -> dict[str, float]:
-    from transformers import AutoModelForCausalLM
-
-    torch_dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16,
-                   "float32": torch.float32}[dtype]
-    model = AutoModelForCausalLM.from_pretrained(path, torch_dtype=torch_dtype).to(device).eval()
-    results = {}
-    with torch.inference_mode():
-        model.generate(torch.tensor(prompts(2, 64, vocab, 0), device=device), max_new_tokens=4,
-                       do_sample=False)
-        def run(ids: torch.Tensor, n: int) -> float:
-            t0 = time.perf_counter()
-            model.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False,
-                           pad_token_id=0)
-            if device == "cuda":
+            self.model.generate(x, max_new_tokens=n, min_new_tokens=n, do_sample=False,
+                                pad_token_id=0)
+            if self.device == "cuda":
                 torch.cuda.synchronize()
             return time.perf_counter() - t0
 
-        for name, batch, plen, new in WORKLOADS:
-            runs = []
-            for rep in range(reps):
-                ids = torch.tensor(prompts(batch, plen, vocab, seed=1000 * rep + batch),
-                                   device=device)
-                runs.append(rates(name, batch, plen, new, run(ids, 1), run(ids, new)))
-            for key in runs[0]:
-                results[key] = statistics.median(r[key] for r in runs)
-    return results
+    def close(self) -> None:
+        pass
+
+
+def bench(runners: list, vocab: int, reps: int) -> tuple[dict, dict]:
+    """Every rep runs each workload on every runner in turn (same prompts), so slow phases of a
+    shared machine hit both. Returns per runner {metric: median rate} and {metric: median of the
+    per-rep ratios runners[0] / runners[1]}."""
+    for r in runners:  # warm-up
+        r.run(prompts(2, 64, vocab, 0), 4)
+    rates_by = {r.name: {} for r in runners}
+    ratios: dict[str, list[float]] = {}
+    for name, batch, plen, new in WORKLOADS:
+        for rep in range(reps):
+            ids = prompts(batch, plen, vocab, seed=1000 * rep + batch)
+            got = [rates(name, batch, plen, new, r.run(ids, 1), r.run(ids, new)) for r in runners]
+            for r, g in zip(runners, got):
+                for key, v in g.items():
+                    rates_by[r.name].setdefault(key, []).append(v)
+            for key in got[0]:
+                ratios.setdefault(key, []).append(got[0][key] / got[1][key])
+            print(f"  {name} rep {rep}: " + ", ".join(
+                f"{r.name} {g[name]:.1f} tok/s" for r, g in zip(runners, got)), flush=True)
+    med = {n: {k: statistics.median(v) for k, v in m.items()} for n, m in rates_by.items()}
+    return med, {k: statistics.median(v) for k, v in ratios.items()}
 
 
 def main() -> None:
@@ -113,7 +132,7 @@ def main() -> None:
     ap.add_argument("--model-path", default=None)
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--threads", type=int, default=0,
                     help="torch CPU threads for both (0: torch's default)")
     args = ap.parse_args()
@@ -128,13 +147,19 @@ def main() -> None:
     vocab = json.load(open(Path(path) / "config.json"))["vocab_size"]
     print(f"model {path} dtype {args.dtype} device {args.device} "
           f"threads {torch.get_num_threads()} reps {args.reps}", flush=True)
-    eng = bench_engine(path, args.dtype, args.device, vocab, args.reps)
-    hf = bench_hf(path, args.dtype, args.device, vocab, args.reps)
+    runners = [EngineRunner(path, args.dtype, args.device)]
+    try:
+        runners.append(HFRunner(path, args.dtype, args.device))
+        med, ratios = bench(runners, vocab, args.reps)
+    finally:
+        for r in runners:
+            r.close()
+    eng, hf = med["engine"], med["transformers"]
     targets = {"prefill": 1.0, "decode@1": 1.0, "decode@32": 2.0}
     print(f"\n{'workload':<15}{'engine tok/s':>14}{'transformers tok/s':>20}{'ratio':>8}"
           f"{'target':>8}")
     for name in eng:
-        ratio = eng[name] / hf[name]
+        ratio = ratios[name]
         target = targets.get(name)
         mark = "" if target is None else ("ok" if ratio >= target else "BELOW")
         tgt = f"{target:>7.1f}x" if target else " " * 8

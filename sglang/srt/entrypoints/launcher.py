@@ -55,8 +55,11 @@ def launch_engine(args: ServerArgs) -> tuple[TokenizerManager, SchedulerHandle]:
     to_sched = f"ipc://{ipc_dir}/to_scheduler"
     to_tm = f"ipc://{ipc_dir}/to_tokenizer"
     # OpenMP threads that spin while waiting collapse (20x slower measured here) as soon as
-    # another busy process shares the cores, as prefill and decode servers on one host do.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # another busy process shares the cores, as prefill and decode servers on one host do. The
+    # price is a thread wake-up per parallel op (decode up to ~1.5x slower on an idle 2-core VM):
+    # a user who owns the cores can set OMP_WAIT_POLICY=ACTIVE or a GOMP_SPINCOUNT instead.
+    if "GOMP_SPINCOUNT" not in os.environ:
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     ctx = mp.get_context("spawn")
     reader, writer = ctx.Pipe(duplex=False)
     proc = ctx.Process(
