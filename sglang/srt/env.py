@@ -76,5 +76,17 @@ class _Env:
         """torch CPU threads of a scheduler (0: torch's default)."""
         return _int("SGLANG_CPU_THREADS", 0)
 
+    @property
+    def cpu_kernels(self) -> bool:
+        """bf16 CPU kernels (layers/cpu_kernels.c); off: torch ops only."""
+        return _bool("SGLANG_CPU_KERNELS", True)
+
+    @property
+    def cpu_kernel_dir(self) -> str:
+        """Where the CPU kernels are compiled to."""
+        default = os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")),
+                               "sglang")
+        return os.environ.get("SGLANG_CPU_KERNEL_DIR") or default
+
 
 envs = _Env()

@@ -23,6 +23,8 @@ from typing import Optional
 
 import torch
 
+from sglang.srt.env import envs
+
 logger = logging.getLogger(__name__)
 
 _SRC = Path(__file__).with_name("cpu_kernels.c")
@@ -39,11 +41,6 @@ _SIGNATURES = {
 }
 
 
-def _cache_dir() -> Path:
-    default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "sglang"
-    return Path(os.environ.get("SGLANG_CPU_KERNEL_DIR", default))
-
-
 def build(force: bool = False, extra_flags: tuple[str, ...] = ()) -> Path:
     """Compile ``cpu_kernels.c`` (unless a build for this source, flags and machine exists);
     its path. ``extra_flags`` e.g. ``("-mno-avx512f",)`` builds the portable variant."""
@@ -52,7 +49,7 @@ def build(force: bool = False, extra_flags: tuple[str, ...] = ()) -> Path:
     key = hashlib.sha256(
         _SRC.read_bytes() + " ".join([cc, *flags, platform.machine(), platform.node()]).encode()
     ).hexdigest()[:16]
-    out_dir = _cache_dir()
+    out_dir = Path(envs.cpu_kernel_dir)
     lib = out_dir / f"sglang_cpu_kernels_{key}.so"
     if lib.exists() and not force:
         return lib
@@ -149,7 +146,7 @@ class CpuKernels:
 
 _kernels: Optional[CpuKernels] = None
 _tried = False
-_enabled = os.environ.get("SGLANG_CPU_KERNELS", "1").lower() not in ("0", "false", "no", "off")
+_enabled = envs.cpu_kernels
 
 
 def set_enabled(on: bool) -> None:
