@@ -118,3 +118,28 @@ def test_input_logprobs_match_transformers(engine, hf):
         assert inp[j][1] == ids[j]
         assert abs(inp[j][0] - ref[j - 1, ids[j]].item()) < 1e-3
     assert_pool_whole(engine)
+
+
+def test_bf16_engine_with_cpu_kernels_matches_transformers_bf16(tiny_model):
+    """In bf16 the engine runs its C kernels (norm, RoPE, KV store, decode attention over the
+    pool): greedy output equals transformers' bf16 ``generate``, alone and as a mixed batch with
+    chunked prefill and prefix hits."""
+    from sglang import Engine
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.bfloat16).eval()
+    refs = [hf_greedy((tok, model), p)[0] for p in PROMPTS]
+    eng = Engine(model_path=tiny_model, dtype="bfloat16", chunked_prefill_size=16, page_size=4,
+                 max_total_tokens=4096, device="cpu")
+    try:
+        assert eng.get_server_info()["cpu_kernels"] is True
+        sp = {"max_new_tokens": MAX_NEW, "temperature": 0}
+        for prompt, ref in zip(PROMPTS, refs):
+            assert eng.generate(prompt, sp)["output_ids"] == ref, prompt
+        outs = eng.generate(PROMPTS, sp)  # warm prefix cache: every prompt hits
+        assert [o["output_ids"] for o in outs] == refs
+        assert outs[3]["meta_info"]["cached_tokens"] >= 16  # the long prompt: whole pages hit
+        assert_pool_whole(eng)
+    finally:
+        eng.shutdown()

@@ -142,6 +142,7 @@ class Scheduler:
             "eos_token_ids": sorted(mc.eos_token_ids),
             "vocab_size": mc.vocab_size,
             "architecture": mc.architecture,
+            "cpu_kernels": self.runner.attn_backend.kernel is not None,
         }
         if self.disagg is not None:
             info["disaggregation"] = self.disagg.describe()
