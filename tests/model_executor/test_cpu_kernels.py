@@ -91,6 +91,16 @@ def test_store_kv_matches_index_copy():
     assert pools[0].abs().sum() > 0
 
 
+def test_argmax_matches_torch_with_ties():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(33, 49152, generator=g)
+    x[3, 100] = x[3, 200] = x[3].max() + 1  # a tie: the first index wins, as in torch
+    x[5] = 0.0
+    rows = x[::2]  # row-strided
+    assert torch.equal(kernels.argmax(rows), rows.argmax(-1))
+    assert torch.equal(kernels.argmax(x), x.argmax(-1)) and kernels.argmax(x)[3] == 100
+
+
 def test_decode_attention_rejects_wrong_dtype():
     pool = torch.zeros(4, 64, dtype=torch.bfloat16)
     idx, lens = torch.zeros(1, 1, dtype=torch.int64), torch.ones(1, dtype=torch.int64)

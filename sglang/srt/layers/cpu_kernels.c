@@ -301,4 +301,29 @@ void decode_attn_bf16(const bf16 *q, int64_t q_stride, const bf16 *k_pool, const
 #undef CASE
 }
 
-int kernels_abi_version(void) { return 2; }
+// ---- greedy sampling ------------------------------------------------------------------------
+// out[r] = the first index of the largest value of float32 row r (as torch.argmax; NaN-free rows).
+void argmax_f32(const float *x, int64_t stride, int64_t rows, int64_t n, int64_t *out) {
+#pragma omp parallel for schedule(static) if (rows * n >= 8388608)
+    for (int64_t r = 0; r < rows; r++) {
+        const float *row = x + r * stride;
+        float best = -INFINITY;
+#pragma omp simd reduction(max : best)
+        for (int64_t i = 0; i < n; i++) best = row[i] > best ? row[i] : best;
+        int64_t i = 0;
+#if defined(__AVX512F__)
+        const __m512 vb = _mm512_set1_ps(best);
+        for (; i + VEC <= n; i += VEC) {
+            __mmask16 m = _mm512_cmp_ps_mask(_mm512_loadu_ps(row + i), vb, _CMP_EQ_OQ);
+            if (m) {
+                i += __builtin_ctz(m);
+                break;
+            }
+        }
+#endif
+        while (i < n - 1 && row[i] != best) i++;
+        out[r] = i;
+    }
+}
+
+int kernels_abi_version(void) { return 3; }

@@ -29,13 +29,14 @@ logger = logging.getLogger(__name__)
 
 _SRC = Path(__file__).with_name("cpu_kernels.c")
 _FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=gnu11"]
-_ABI = 2
+_ABI = 3
 _I64, _PTR, _F32 = ctypes.c_int64, ctypes.c_void_p, ctypes.c_float
 
 _SIGNATURES = {
     "add_rmsnorm_bf16": [_PTR, _I64, _PTR, _I64, _PTR, _PTR, _I64, _I64, _I64, _F32],
     "rope_bf16": [_PTR, _I64, _PTR, _PTR, _PTR, _I64, _I64, _I64, _I64],
     "store_kv_bf16": [_PTR, _I64, _PTR, _I64, _PTR, _I64, _I64, _PTR, _PTR, _I64],
+    "argmax_f32": [_PTR, _I64, _I64, _I64, _PTR],
     "decode_attn_bf16": [_PTR, _I64, _PTR, _PTR, _I64, _PTR, _I64, _PTR, _PTR, _I64, _I64, _I64,
                          _I64, _I64, _F32],
 }
@@ -81,6 +82,7 @@ class CpuKernels:
         self._rope = self.lib.rope_bf16
         self._store = self.lib.store_kv_bf16
         self._attn = self.lib.decode_attn_bf16
+        self._argmax = self.lib.argmax_f32
 
     def add_rmsnorm(
         self, x: torch.Tensor, residual: Optional[torch.Tensor], weight: torch.Tensor, eps: float
@@ -141,6 +143,16 @@ class CpuKernels:
         self._attn(q.data_ptr(), q.stride(0), k_pool.data_ptr(), v_pool.data_ptr(),
                    k_pool.stride(0), idx.data_ptr(), idx.stride(0), lens.data_ptr(),
                    out.data_ptr(), width, b, heads, kv_heads, width // heads, scale)
+        return out
+
+
+    def argmax(self, x: torch.Tensor) -> torch.Tensor:
+        """``x.argmax(-1)`` of float32 rows [R, N] with unit inner stride (one pass, no
+        index tensor temporaries: several times faster than torch's on CPU)."""
+        if x.dtype != torch.float32 or x.stride(1) != 1:
+            raise ValueError("argmax: float32 rows of unit stride")
+        out = torch.empty(x.shape[0], dtype=torch.int64)
+        self._argmax(x.data_ptr(), x.stride(0), x.shape[0], x.shape[1], out.data_ptr())
         return out
 
 

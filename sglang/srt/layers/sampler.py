@@ -11,6 +11,7 @@ from typing import Optional
 
 import torch
 
+from sglang.srt.layers import cpu_kernels
 from sglang.srt.sampling.sampling_params import SamplingParams
 
 
@@ -45,13 +46,20 @@ def _inverse_cdf(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     return torch.where(pos < probs.shape[-1], pos, probs.argmax(-1))
 
 
+def _argmax(logits: torch.Tensor) -> torch.Tensor:
+    if logits.device.type == "cpu" and logits.dtype == torch.float32 and logits.stride(-1) == 1:
+        if (k := cpu_kernels.get()) is not None:
+            return k.argmax(logits)
+    return torch.argmax(logits, dim=-1)
+
+
 def sample(
     logits: torch.Tensor,
     params: list[SamplingParams],
     generators: list[Optional[torch.Generator]],
 ) -> torch.Tensor:
     """[B] int64 next-token ids for ``logits`` [B, vocab]."""
-    next_ids = torch.argmax(logits, dim=-1)
+    next_ids = _argmax(logits)
     rows = [i for i, p in enumerate(params) if not p.is_greedy]
     if not rows:
         return next_ids
