@@ -57,6 +57,21 @@ def build_hf_model(arch: str, **overrides: Any):
     return model
 
 
+def random_llama(config: dict[str, Any]):
+    """A float32 HF Llama with seeded random weights (norm weights around 1)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(**config)).float().eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.copy_(1.0 + 0.1 * torch.randn_like(p))
+            else:
+                p.normal_(0.0, 0.05)
+    return model
+
+
 @torch.no_grad()
 def hf_logits(model, tokens: list[int]) -> torch.Tensor:
     """Teacher-forced float32 logits [len(tokens), vocab]."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from me_helpers import PagedDriver, hf_logits, save_and_load
+from me_helpers import PagedDriver, hf_logits, random_llama, save_and_load
 from test_smollm_shape import SMOLLM2_135M
 
 from sglang.srt.layers import cpu_kernels
@@ -110,18 +110,7 @@ def test_decode_attention_rejects_wrong_dtype():
 
 @pytest.fixture(scope="module")
 def smol_bf16(tmp_path_factory):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    cfg = dict(SMOLLM2_135M, num_hidden_layers=6)
-    model = LlamaForCausalLM(LlamaConfig(**cfg)).float().eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("norm.weight"):
-                p.copy_(1.0 + 0.1 * torch.randn_like(p))
-            else:
-                p.normal_(0.0, 0.05)
-    return model, tmp_path_factory.mktemp("smol_bf16")
+    return random_llama(dict(SMOLLM2_135M, num_hidden_layers=6)), tmp_path_factory.mktemp("bf16")
 
 
 def _teacher_forced(runner, prompts, forced):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from me_helpers import PagedDriver, hf_logits, max_diff, save_and_load
+from me_helpers import PagedDriver, hf_logits, max_diff, random_llama, save_and_load
 
 TOL = 1e-3
 SMOLLM2_135M = dict(
@@ -29,16 +29,7 @@ SMOLLM2_135M = dict(
 
 @pytest.fixture(scope="module")
 def smol(tmp_path_factory):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(**SMOLLM2_135M)).float().eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("norm.weight"):
-                p.copy_(1.0 + 0.1 * torch.randn_like(p))
-            else:
-                p.normal_(0.0, 0.05)
+    model = random_llama(SMOLLM2_135M)
     return model, save_and_load(model, tmp_path_factory.mktemp("smollm2"))
 
 
