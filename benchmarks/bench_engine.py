@@ -1,6 +1,7 @@
 """The engine against ``transformers`` ``generate`` on the same model shape and machine, one run.
 
     python benchmarks/bench_engine.py [--preset smollm2-135m] [--dtype bfloat16] [--device cpu]
+                                      [--reps 5] [--threads N] [--omp-wait-policy=PASSIVE|ACTIVE]
 
 Workloads (the same for both, greedy, EOS ignored):
   prefill   one 512-token prompt, one new token               -> prompt tokens / s
@@ -17,12 +18,22 @@ engine / transformers. Targets: decode@32 >= 2x, decode@1 and prefill >= 1x.
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import statistics
+import sys
 import time
 from pathlib import Path
 
-import torch
+# Both engines run under one OpenMP wait policy. libgomp reads it when torch loads, so it is set
+# here, before the import; the engine's scheduler process inherits it. Default: the server's own
+# (PASSIVE: idle threads sleep, and every parallel op pays a wake-up).
+POLICY_FLAG = "--omp-wait-policy="
+os.environ["OMP_WAIT_POLICY"] = next(
+    (a[len(POLICY_FLAG):] for a in sys.argv if a.startswith(POLICY_FLAG)), "PASSIVE"
+)
+
+import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -133,12 +144,14 @@ def main() -> None:
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--omp-wait-policy", choices=["PASSIVE", "ACTIVE"], default="PASSIVE",
+                    help="OpenMP wait policy of both (give it as --omp-wait-policy=X)")
     ap.add_argument("--threads", type=int, default=0,
                     help="torch CPU threads for both (0: torch's default)")
     args = ap.parse_args()
+    if args.omp_wait_policy != os.environ["OMP_WAIT_POLICY"]:
+        ap.error("give the policy as --omp-wait-policy=X (it must be set before torch loads)")
     if args.threads:
-        import os
-
         os.environ["SGLANG_CPU_THREADS"] = str(args.threads)  # the engine's scheduler process
         torch.set_num_threads(args.threads)  # transformers, in this process
     path = args.model_path or model_dir(args.preset)
@@ -146,7 +159,8 @@ def main() -> None:
 
     vocab = json.load(open(Path(path) / "config.json"))["vocab_size"]
     print(f"model {path} dtype {args.dtype} device {args.device} "
-          f"threads {torch.get_num_threads()} reps {args.reps}", flush=True)
+          f"threads {torch.get_num_threads()} OMP_WAIT_POLICY {os.environ['OMP_WAIT_POLICY']} "
+          f"reps {args.reps}", flush=True)
     runners = [EngineRunner(path, args.dtype, args.device)]
     try:
         runners.append(HFRunner(path, args.dtype, args.device))
