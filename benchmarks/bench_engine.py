@@ -1,7 +1,7 @@
 """The engine against ``transformers`` ``generate`` on the same model shape and machine, one run.
 
     python benchmarks/bench_engine.py [--preset smollm2-135m] [--dtype bfloat16] [--device cpu]
-                                      [--reps 5] [--threads N] [--omp-wait-policy=PASSIVE|ACTIVE]
+                                      [--reps 5] [--threads N]
 
 Workloads (the same for both, greedy, EOS ignored):
   prefill   one 512-token prompt, one new token               -> prompt tokens / s
@@ -21,17 +21,14 @@ import argparse
 import os
 import random
 import statistics
-import sys
 import time
 from pathlib import Path
 
-# Both engines run under one OpenMP wait policy. libgomp reads it when torch loads, so it is set
-# here, before the import; the engine's scheduler process inherits it. Default: the server's own
-# (PASSIVE: idle threads sleep, and every parallel op pays a wake-up).
-POLICY_FLAG = "--omp-wait-policy="
-os.environ["OMP_WAIT_POLICY"] = next(
-    (a[len(POLICY_FLAG):] for a in sys.argv if a.startswith(POLICY_FLAG)), "PASSIVE"
-)
+# Both engines run under the server's OpenMP wait policy, PASSIVE (idle threads sleep; every
+# parallel op pays a wake-up). libgomp reads it when torch loads, hence before the import; the
+# engine's scheduler process inherits it. (With ACTIVE the idle side's threads would spin
+# against the working side's on a small machine.)
+os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
 
 import torch  # noqa: E402
 
@@ -144,13 +141,9 @@ def main() -> None:
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--reps", type=int, default=5)
-    ap.add_argument("--omp-wait-policy", choices=["PASSIVE", "ACTIVE"], default="PASSIVE",
-                    help="OpenMP wait policy of both (give it as --omp-wait-policy=X)")
     ap.add_argument("--threads", type=int, default=0,
                     help="torch CPU threads for both (0: torch's default)")
     args = ap.parse_args()
-    if args.omp_wait_policy != os.environ["OMP_WAIT_POLICY"]:
-        ap.error("give the policy as --omp-wait-policy=X (it must be set before torch loads)")
     if args.threads:
         os.environ["SGLANG_CPU_THREADS"] = str(args.threads)  # the engine's scheduler process
         torch.set_num_threads(args.threads)  # transformers, in this process
