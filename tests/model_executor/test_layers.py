@@ -6,6 +6,7 @@ import pytest
 import torch
 from transformers.models.llama.modeling_llama import LlamaRMSNorm, apply_rotary_pos_emb
 
+from sglang.srt.layers import cpu_kernels
 from sglang.srt.layers.layernorm import RMSNorm
 from sglang.srt.layers.linear import GateUpLinear, Linear, pack_weight_for_cpu
 from sglang.srt.layers.rotary_embedding import RotaryEmbedding
@@ -19,7 +20,8 @@ needs_packing = pytest.mark.skipif(
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_rope_matches_hf(dtype):
     """fp32 takes the torch path; bf16 the CPU kernel (in place on a row-strided view, as the
-    model calls it on its fused QKV output), which must equal HF's bf16 arithmetic exactly."""
+    model calls it on its fused QKV output), which must equal HF's bf16 arithmetic exactly
+    (without a C compiler, the torch path: within bf16 rounding)."""
     d = 64
     inv = 1.0 / (10000 ** (torch.arange(0, d, 2).float() / d))
     rope = RotaryEmbedding(d, 512, inv, dtype=dtype)
@@ -33,6 +35,8 @@ def test_rope_matches_hf(dtype):
     out = rope.lookup(pos).rotate(x, 3, 2)
     if dtype == torch.float32:
         assert (out - ref).abs().max() <= 1e-5
+    elif cpu_kernels.get() is None:
+        assert (out.float() - ref.float()).abs().max() <= 2e-2
     else:
         assert torch.equal(out, ref) and torch.equal(buf[:, 5 * d :], tail)
     with pytest.raises(ValueError, match="beyond the RoPE table"):
