@@ -36,7 +36,9 @@ class RMSNorm(nn.Module):
     ) -> Union[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         """Without ``residual``: norm(x). With it: ``residual += x`` (in place), then
         ``(norm(residual), residual)``."""
-        if x.dim() == 2 and x.stride(1) == 1 and (k := cpu_kernels.usable(x, self.weight)):
+        rows_ok = x.dim() == 2 and x.stride(1) == 1
+        rows_ok = rows_ok and (residual is None or residual.stride(1) == 1)
+        if rows_ok and (k := cpu_kernels.usable(x, self.weight)):
             if residual is None:
                 return k.add_rmsnorm(x, None, self.weight, self.eps)
             return k.add_rmsnorm(x, residual, self.weight, self.eps), residual

@@ -92,10 +92,11 @@ class RopeBatch:
     def rotate(self, x: torch.Tensor, heads: int, kv_heads: int) -> torch.Tensor:
         """Rotate ``x`` [T, heads + kv_heads, head_dim]: in place with the kernel (x may be a
         row-strided view with packed heads), else into a new tensor."""
-        if self.kernel is not None and x.stride(2) == 1 and x.stride(1) == x.shape[2]:
-            self.kernel.rope(x, self.positions, self.cos, self.sin, heads, kv_heads)
-            return x
-        if self.cos.shape[0] != x.shape[0]:  # tables: gather for the torch path
+        if self.kernel is not None:
+            if x.stride(2) == 1 and x.stride(1) == x.shape[2]:
+                self.kernel.rope(x, self.positions, self.cos, self.sin, heads, kv_heads)
+                return x
+            # a layout the kernel does not take: gather per token once, for the torch path
             self.cos = self.cos[self.positions].unsqueeze(1)
             self.sin = self.sin[self.positions].unsqueeze(1)
             self.kernel = None
