@@ -101,11 +101,14 @@ def test_argmax_matches_torch_with_ties():
     assert torch.equal(kernels.argmax(x), x.argmax(-1)) and kernels.argmax(x)[3] == 100
 
 
-def test_decode_attention_rejects_wrong_dtype():
+def test_decode_attention_rejects_what_it_cannot_take():
     pool = torch.zeros(4, 64, dtype=torch.bfloat16)
     idx, lens = torch.zeros(1, 1, dtype=torch.int64), torch.ones(1, dtype=torch.int64)
     with pytest.raises(ValueError, match="bfloat16"):
         kernels.decode_attention(torch.zeros(1, 64), pool, pool, idx, lens, 1, 1, 0.125)
+    wide = torch.zeros(1, 17 * 64, dtype=torch.bfloat16)  # 17 query heads on one kv head
+    with pytest.raises(ValueError, match="at most 16"):
+        kernels.decode_attention(wide, pool, pool, idx, lens, 17, 1, 0.125)
 
 
 @pytest.fixture(scope="module")

@@ -77,7 +77,9 @@ class TorchAttnBackend:
         self._v = [pool.v_buffer(i).view(pool.size, -1) for i in range(pool.num_layers)]
         self.mirror = None
         # bf16 on CPU: decode attention reads the pool in place (no gather, no mirror).
-        self.kernel = cpu_kernels.usable(self._k[0])
+        self.kernel = None
+        if self.group <= cpu_kernels.MAX_GROUP and self.head_dim <= cpu_kernels.MAX_HEAD_DIM:
+            self.kernel = cpu_kernels.usable(self._k[0])
         if pool.device.type == "cpu" and self.kernel is None:
             budget = min(2 << 30, max(512 << 20, pool.total_bytes() // 4))
             self.mirror = DecodeKVMirror(self._k, self._v, lay.num_kv_heads, lay.head_dim, budget)

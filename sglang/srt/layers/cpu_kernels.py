@@ -30,6 +30,7 @@ logger = logging.getLogger(__name__)
 _SRC = Path(__file__).with_name("cpu_kernels.c")
 _FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=gnu11"]
 _ABI = 3
+MAX_GROUP, MAX_HEAD_DIM = 16, 256  # MAX_G and MAX_D of the C file (stack buffers)
 _I64, _PTR, _F32 = ctypes.c_int64, ctypes.c_void_p, ctypes.c_float
 
 _SIGNATURES = {
@@ -108,6 +109,8 @@ class CpuKernels:
     ) -> None:
         """Rotate ``qk`` [T, (heads + kv_heads) * head_dim] (row-strided view) in place with the
         bf16 tables ``cos``/``sin`` [max_pos, head_dim] (sin carries the rotate_half sign)."""
+        if cos.shape[1] > MAX_HEAD_DIM or cos.shape[1] % 2:
+            raise ValueError(f"rope: head_dim must be even and at most {MAX_HEAD_DIM}")
         self._rope(qk.data_ptr(), qk.stride(0), positions.data_ptr(), cos.data_ptr(),
                    sin.data_ptr(), qk.shape[0], heads, kv_heads, cos.shape[1])
 
@@ -137,6 +140,9 @@ class CpuKernels:
         """q [B, heads * d] (row-strided view); pools [slots, kv_heads * d]; idx [B, L] int64
         pool rows per request (padded), lens [B] int64. Returns [B, heads * d]."""
         b, width = q.shape
+        if heads // kv_heads > MAX_GROUP or width // heads > MAX_HEAD_DIM:
+            raise ValueError(f"decode_attention: at most {MAX_GROUP} query heads per kv head "
+                             f"and head_dim {MAX_HEAD_DIM}")
         if q.dtype != k_pool.dtype or q.stride(1) != 1:
             raise ValueError(f"decode_attention: q must be {k_pool.dtype} rows of unit stride")
         out = torch.empty((b, width), dtype=q.dtype)

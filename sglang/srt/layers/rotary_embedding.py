@@ -67,7 +67,8 @@ class RotaryEmbedding(nn.Module):
                 f"position {int(positions.max())} is beyond the RoPE table "
                 f"({self.cos_cache.shape[0]} positions)"
             )
-        if cpu_kernels.usable(self.cos_cache) and positions.dtype == torch.int64:
+        kernel_ok = self.head_dim <= cpu_kernels.MAX_HEAD_DIM and self.head_dim % 2 == 0
+        if kernel_ok and positions.dtype == torch.int64 and cpu_kernels.usable(self.cos_cache):
             return RopeBatch(positions.contiguous(), self.cos_cache, self.sin_cache, kernel=True)
         cos, sin = self.cos_cache[positions], self.sin_cache[positions]
         return RopeBatch(positions, cos.unsqueeze(1), sin.unsqueeze(1))
