@@ -151,7 +151,6 @@ class CpuKernels:
                    out.data_ptr(), width, b, heads, kv_heads, width // heads, scale)
         return out
 
-
     def argmax(self, x: torch.Tensor) -> torch.Tensor:
         """``x.argmax(-1)`` of float32 rows [R, N] with unit inner stride (one pass, no
         index tensor temporaries: several times faster than torch's on CPU)."""
@@ -164,13 +163,7 @@ class CpuKernels:
 
 _kernels: Optional[CpuKernels] = None
 _tried = False
-_enabled = envs.cpu_kernels
-
-
-def set_enabled(on: bool) -> None:
-    """Switch the kernels on or off for what is built from now on (tests compare both paths)."""
-    global _enabled
-    _enabled = on
+_enabled = envs.cpu_kernels  # tests switch it to compare both paths
 
 
 def get() -> Optional[CpuKernels]:
