@@ -120,17 +120,31 @@ def test_input_logprobs_match_transformers(engine, hf):
     assert_pool_whole(engine)
 
 
+def _decided(ids: list[int], scores: torch.Tensor, tol: float) -> list[int]:
+    """The greedy tokens before the first step whose top two logits are within ``tol``: past a
+    tie at bf16 resolution, another summation order may rightly pick the other token."""
+    top2 = scores.topk(2, dim=-1).values
+    for i, (a, b) in enumerate(top2.tolist()):
+        if a - b <= tol:
+            return ids[:i]
+    return ids
+
+
 def test_bf16_engine_with_cpu_kernels_matches_transformers_bf16(tiny_model):
     """In bf16 the engine runs its C kernels (norm, RoPE, KV store, decode attention over the
-    pool): greedy output equals transformers' bf16 ``generate``, alone and as a mixed batch with
-    chunked prefill and prefix hits."""
+    pool; the linear layers too where the CPU has no native bf16): greedy output equals
+    transformers' bf16 ``generate``, alone and as a mixed batch with chunked prefill and prefix
+    hits, up to the first step where transformers' own top two logits tie within two bf16 ulps
+    (0.125 at logits of 8 to 16): its matmul may sum in another order than the engine's."""
     from sglang import Engine
     from sglang.srt.layers import cpu_kernels
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tiny_model)
     model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.bfloat16).eval()
-    refs = [hf_greedy((tok, model), p)[0] for p in PROMPTS]
+    greedy = [hf_greedy((tok, model), p) for p in PROMPTS]
+    refs = [_decided(ids, scores, tol=0.125) for ids, scores in greedy]
+    assert sum(map(len, refs)) >= 0.5 * sum(len(ids) for ids, _ in greedy)  # (73 of 120 here)
     eng = Engine(model_path=tiny_model, dtype="bfloat16", chunked_prefill_size=16, page_size=4,
                  max_total_tokens=4096, device="cpu")
     try:
@@ -138,9 +152,9 @@ def test_bf16_engine_with_cpu_kernels_matches_transformers_bf16(tiny_model):
         assert eng.get_server_info()["cpu_kernels"] is (cpu_kernels.get() is not None)
         sp = {"max_new_tokens": MAX_NEW, "temperature": 0}
         for prompt, ref in zip(PROMPTS, refs):
-            assert eng.generate(prompt, sp)["output_ids"] == ref, prompt
+            assert eng.generate(prompt, sp)["output_ids"][: len(ref)] == ref, prompt
         outs = eng.generate(PROMPTS, sp)  # warm prefix cache: every prompt hits
-        assert [o["output_ids"] for o in outs] == refs
+        assert [o["output_ids"][: len(r)] for o, r in zip(outs, refs)] == refs
         assert outs[3]["meta_info"]["cached_tokens"] >= 16  # the long prompt: whole pages hit
         assert_pool_whole(eng)
     finally:

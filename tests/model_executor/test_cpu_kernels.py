@@ -1,8 +1,8 @@
 """The bf16 CPU kernels (``sglang/srt/layers/cpu_kernels.c``).
 
 Decode attention over scattered pool rows against float32 SDPA, for the specialised shapes
-(SmolLM2's 9/3 heads x 64, Llama's 32/8 x 128), the generic AVX-512 loop (head_dim 80) and the
-portable loop (head_dim 40; and a whole build without AVX-512). Then a bf16 SmolLM2-shaped model
+(SmolLM2's 9/3 heads x 64, Llama's 32/8 x 128), the generic vector loop (head_dim 80) and the
+portable loop (head_dim 40; and whole builds without AVX-512, and without AVX2). Then a bf16 SmolLM2-shaped model
 through the runner, kernels on against kernels off, both against HF in float32.
 The RMSNorm and RoPE kernels are checked for exact equality with HF in ``test_layers.py``.
 """
@@ -39,7 +39,7 @@ def _reference(q, k_pool, v_pool, idx, lens, heads, kv_heads, scale):
 @pytest.mark.parametrize(
     "heads,kv_heads,d",
     [(9, 3, 64), (32, 8, 128), (4, 4, 80), (6, 2, 40)],
-    ids=["smollm2", "llama8b", "generic-avx512", "portable"],
+    ids=["smollm2", "llama8b", "generic-vector", "portable"],
 )
 @pytest.mark.parametrize("lengths", [[1], [31, 32, 33], [200, 5, 64, 97]], ids=str)
 def test_decode_attention_matches_sdpa(heads, kv_heads, d, lengths, lib=None):
@@ -66,8 +66,12 @@ def test_decode_attention_matches_sdpa(heads, kv_heads, d, lengths, lib=None):
     assert (out.float() - ref).abs().max() <= 2e-2
 
 
-def test_portable_build_without_avx512():
-    path = cpu_kernels.build(extra_flags=("-mno-avx512f",))
+@pytest.mark.parametrize("flags", [("-mno-avx512f",), ("-mno-avx512f", "-mno-avx2", "-mno-fma")],
+                         ids=["avx2", "portable"])
+def test_builds_without_avx512(flags):
+    """The AVX2 attention (on an AVX-512 machine; this build's own elsewhere) and the portable
+    loops."""
+    path = cpu_kernels.build(extra_flags=flags)
     portable = cpu_kernels.CpuKernels(path)
     for heads, kv_heads, d in [(9, 3, 64), (6, 2, 40)]:
         test_decode_attention_matches_sdpa(heads, kv_heads, d, [40, 3], lib=portable)

@@ -1,6 +1,7 @@
-"""bf16 CPU kernels (``cpu_kernels.c``): add + RMSNorm, RoPE, KV store, decode attention.
+"""bf16 CPU kernels (``cpu_kernels.c``): add + RMSNorm, RoPE, KV store, decode attention, greedy
+argmax; and the linear layers of CPUs without native bf16 (``cpu_gemm.c``).
 
-The C file is compiled on first use with the system C compiler (``$CC`` or ``gcc``, ``-O3
+The C files are compiled on first use with the system C compiler (``$CC`` or ``gcc``, ``-O3
 -march=native -fopenmp``) into ``$SGLANG_CPU_KERNEL_DIR`` (default ``~/.cache/sglang``), keyed by
 a hash of the source, flags and machine, and loaded with ctypes. Its OpenMP runtime is the one
 torch already loaded (same ``libgomp.so.1``), so the kernels use torch's thread count.
@@ -27,7 +28,7 @@ from sglang.srt.env import envs
 
 logger = logging.getLogger(__name__)
 
-_SRC = Path(__file__).with_name("cpu_kernels.c")
+_SRCS = [Path(__file__).with_name(name) for name in ("cpu_kernels.c", "cpu_gemm.c")]
 _FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=gnu11"]
 _ABI = 3
 MAX_GROUP, MAX_HEAD_DIM = 16, 256  # MAX_G and MAX_D of the C file (stack buffers)
@@ -40,16 +41,19 @@ _SIGNATURES = {
     "argmax_f32": [_PTR, _I64, _I64, _I64, _PTR],
     "decode_attn_bf16": [_PTR, _I64, _PTR, _PTR, _I64, _PTR, _I64, _PTR, _PTR, _I64, _I64, _I64,
                          _I64, _I64, _F32],
+    "gemm_pack_bf16": [_PTR, _I64, _I64, _I64, _PTR],
+    "gemm_bf16": [_PTR, _I64, _I64, _PTR, _I64, _I64, _PTR, _PTR, _I64],
 }
+GEMM_NR = 16  # output columns per weight panel (NR of cpu_gemm.c)
 
 
 def build(force: bool = False, extra_flags: tuple[str, ...] = ()) -> Path:
-    """Compile ``cpu_kernels.c`` (unless a build for this source, flags and machine exists);
+    """Compile the C files into one library (unless a build for this source, flags and machine exists);
     its path. ``extra_flags`` e.g. ``("-mno-avx512f",)`` builds the portable variant."""
     cc = os.environ.get("CC", "gcc")
     flags = [*_FLAGS, *extra_flags]
     key = hashlib.sha256(
-        _SRC.read_bytes() + " ".join([cc, *flags, platform.machine(), platform.node()]).encode()
+        b"".join(src.read_bytes() for src in _SRCS) + " ".join([cc, *flags, platform.machine(), platform.node()]).encode()
     ).hexdigest()[:16]
     out_dir = Path(envs.cpu_kernel_dir)
     lib = out_dir / f"sglang_cpu_kernels_{key}.so"
@@ -59,11 +63,11 @@ def build(force: bool = False, extra_flags: tuple[str, ...] = ()) -> Path:
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=out_dir)
     os.close(fd)
     try:
-        subprocess.run([cc, *flags, str(_SRC), "-o", tmp, "-lm"], check=True,
+        subprocess.run([cc, *flags, *map(str, _SRCS), "-o", tmp, "-lm"], check=True,
                        capture_output=True, text=True, timeout=300)
         os.replace(tmp, lib)  # atomic: concurrent builders each install a whole file
     except subprocess.CalledProcessError as e:
-        raise RuntimeError(f"{cc} failed on {_SRC.name}: {e.stderr.strip()[-2000:]}") from e
+        raise RuntimeError(f"{cc} failed on {' '.join(s.name for s in _SRCS)}: {e.stderr.strip()[-2000:]}") from e
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -84,6 +88,9 @@ class CpuKernels:
         self._store = self.lib.store_kv_bf16
         self._attn = self.lib.decode_attn_bf16
         self._argmax = self.lib.argmax_f32
+        self._gemm_pack = self.lib.gemm_pack_bf16
+        self._gemm = self.lib.gemm_bf16
+        self.gemm_supported = bool(self.lib.gemm_supported())  # built with AVX2 + FMA
 
     def add_rmsnorm(
         self, x: torch.Tensor, residual: Optional[torch.Tensor], weight: torch.Tensor, eps: float
@@ -158,6 +165,31 @@ class CpuKernels:
             raise ValueError("argmax: float32 rows of unit stride")
         out = torch.empty(x.shape[0], dtype=torch.int64)
         self._argmax(x.data_ptr(), x.stride(0), x.shape[0], x.shape[1], out.data_ptr())
+        return out
+
+    def gemm_pack(self, w: torch.Tensor) -> torch.Tensor:
+        """The panels of bf16 weight ``w`` [N, K] (unit inner stride) for ``gemm``."""
+        if w.dtype != torch.bfloat16 or w.dim() != 2 or w.stride(1) != 1:
+            raise ValueError("gemm_pack: a 2-D bf16 weight of unit inner stride")
+        n, k = w.shape
+        panels = torch.empty(((n + GEMM_NR - 1) // GEMM_NR, k, GEMM_NR), dtype=torch.bfloat16)
+        self._gemm_pack(w.data_ptr(), w.stride(0), n, k, panels.data_ptr())
+        return panels
+
+    def gemm(self, x: torch.Tensor, panels: torch.Tensor, n: int,
+             bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``bf16(x @ w.T + bias)`` for bf16 rows ``x`` [M, K] (unit inner stride), the panels of
+        ``w`` [n, K] and an optional bf16 ``bias`` [n]; float32 sums in a fixed order per output,
+        so a row's result does not depend on the other rows."""
+        m, k = x.shape
+        if x.dtype != torch.bfloat16 or x.stride(1) != 1 or panels.shape[1] != k:
+            raise ValueError(f"gemm: x must be bf16 rows of unit stride and width {panels.shape[1]}")
+        if bias is not None and (bias.dtype != torch.bfloat16 or not bias.is_contiguous()):
+            raise ValueError("gemm: the bias must be a contiguous bf16 vector")
+        out = torch.empty((m, n), dtype=torch.bfloat16)
+        if m:
+            self._gemm(x.data_ptr(), x.stride(0), m, panels.data_ptr(), n, k,
+                       None if bias is None else bias.data_ptr(), out.data_ptr(), n)
         return out
 
 

@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from sglang.srt.layers.linear import pack_weight_for_cpu, packed_linear
+from sglang.srt.layers.cpu_linear import PackedWeight, pack_weight_for_cpu
 
 
 class VocabEmbedding(nn.Module):
@@ -30,10 +30,10 @@ class LMHead(nn.Module):
             self.weight = tied_to.weight
         else:
             self.weight = nn.Parameter(torch.empty(vocab_size, hidden_size), requires_grad=False)
-        self.packed: Optional[torch.Tensor] = None
+        self.packed: Optional[PackedWeight] = None
 
     def prepack_cpu(self) -> bool:
-        """Pre-pack for oneDNN (CPU, bf16). A tied weight stays for the embedding lookup."""
+        """Pack for the CPU's fastest bf16 matmul (``cpu_linear``). A tied weight stays for the embedding lookup."""
         self.packed = pack_weight_for_cpu(self.weight)
         if self.packed is not None and not self.tied:
             self.weight.data = self.weight.data.new_empty(0)
@@ -41,5 +41,5 @@ class LMHead(nn.Module):
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         if self.packed is not None:
-            return packed_linear(hidden, self.packed).float()
+            return self.packed(hidden).float()
         return F.linear(hidden, self.weight).float()

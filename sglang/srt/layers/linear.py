@@ -1,7 +1,7 @@
 """Linear layers, including the fused ones (QKV, gate_up) that load their checkpoint shards.
 
-On CPU in bfloat16 the weights can be pre-packed once for oneDNN's AMX/AVX-512 kernels
-(``prepack_cpu``): without it every call re-lays out the weight, about 1.5x slower.
+On CPU in bfloat16 the weights are packed once (``prepack_cpu``) for the machine's fastest
+matmul, oneDNN's or ``cpu_gemm.c``'s (``cpu_linear``).
 """
 
 from __future__ import annotations
@@ -13,33 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from sglang.srt.layers.activation import silu_and_mul
-
-
-def _mkldnn_packing_available() -> bool:
-    ops = torch.ops.mkldnn
-    return (
-        torch.backends.mkldnn.is_available()
-        and hasattr(ops, "_linear_pointwise")
-        and hasattr(ops, "_reorder_linear_weight")
-    )
-
-
-def pack_weight_for_cpu(weight: torch.Tensor) -> Optional[torch.Tensor]:
-    """An opaque oneDNN copy of a bf16 CPU weight [out, in], or None where that does not apply."""
-    if weight.device.type != "cpu" or weight.dtype != torch.bfloat16:
-        return None
-    if not _mkldnn_packing_available():
-        return None
-    try:
-        return torch.ops.mkldnn._reorder_linear_weight(weight.detach(), None)
-    except RuntimeError:
-        return None
-
-
-def packed_linear(
-    x: torch.Tensor, packed: torch.Tensor, bias: Optional[torch.Tensor] = None
-) -> torch.Tensor:
-    return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+from sglang.srt.layers.cpu_linear import OneDnnWeight, PackedWeight, pack_weight_for_cpu
 
 
 class Linear(nn.Module):
@@ -49,7 +23,7 @@ class Linear(nn.Module):
         self.out_features = out_features
         self.weight = nn.Parameter(torch.empty(out_features, in_features), requires_grad=False)
         self.bias = nn.Parameter(torch.empty(out_features), requires_grad=False) if bias else None
-        self.packed: Optional[torch.Tensor] = None
+        self.packed: Optional[PackedWeight] = None
 
     def prepack_cpu(self) -> bool:
         """Switch to a pre-packed weight (CPU, bf16) and free the plain one; True if done."""
@@ -62,7 +36,7 @@ class Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.packed is not None:
-            return packed_linear(x, self.packed, self.bias)
+            return self.packed(x, self.bias)
         return F.linear(x, self.weight, self.bias)
 
 
@@ -89,32 +63,37 @@ class MergedLinear(Linear):
 class GateUpLinear(MergedLinear):
     """The fused [gate; up] projection of a SiLU MLP, returning ``silu(gate) * up``.
 
-    Pre-packed on CPU (bf16) it runs as two oneDNN calls with the SiLU and the product fused in,
-    so neither the [T, 2 * intermediate] output nor the activation pass is materialised.
+    Packed for oneDNN (CPU, bf16) it runs as two oneDNN calls with the SiLU and the product
+    fused in, so neither the [T, 2 * intermediate] output nor the activation pass is
+    materialised. Packed as panels it is one matmul, then the activation.
     """
 
     def __init__(self, in_features: int, intermediate_size: int, bias: bool = False):
         super().__init__(in_features, [intermediate_size, intermediate_size], bias)
-        self.packed_gate: Optional[torch.Tensor] = None
-        self.packed_up: Optional[torch.Tensor] = None
+        self.packed_gate: Optional[OneDnnWeight] = None
+        self.packed_up: Optional[OneDnnWeight] = None
 
     def prepack_cpu(self) -> bool:
         inter = self.output_sizes[0]
-        gate = pack_weight_for_cpu(self.weight[:inter].contiguous())
-        up = pack_weight_for_cpu(self.weight[inter:].contiguous())
+        onednn = (OneDnnWeight,)
+        gate = pack_weight_for_cpu(self.weight[:inter].contiguous(), onednn)
+        up = pack_weight_for_cpu(self.weight[inter:].contiguous(), onednn)
         if gate is None or up is None:
-            return False
+            return super().prepack_cpu()  # panels of the merged weight, or nothing
         self.packed_gate, self.packed_up = gate, up
         self.weight.data = self.weight.data.new_empty(0)
         return True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.packed_gate is not None:
+        if self.packed_gate is not None and self.packed_up is not None:
             inter = self.output_sizes[0]
             b_gate = b_up = None
             if self.bias is not None:
                 b_gate, b_up = self.bias[:inter], self.bias[inter:]
-            ops = torch.ops.mkldnn._linear_pointwise
-            gate = ops(x, self.packed_gate, b_gate, "swish", [], "")
-            return ops.binary(x, gate, self.packed_up, b_up, "mul")
+            gate = self.packed_gate(x, b_gate, "swish")
+            return torch.ops.mkldnn._linear_pointwise.binary(
+                x, gate, self.packed_up.packed, b_up, "mul"
+            )
+        if self.packed is not None:
+            return silu_and_mul(self.packed(x, self.bias))
         return silu_and_mul(F.linear(x, self.weight, self.bias))
