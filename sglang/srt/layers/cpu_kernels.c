@@ -51,6 +51,18 @@ static inline float exp_neg(float x) {
     return p * s.f;
 }
 
+// Pool rows are scattered (pages anywhere in the pool): without a hint every K/V row of decode
+// attention is a cache miss the hardware prefetcher cannot foresee (measured: 2.9 ms against
+// 0.4 ms on contiguous rows, batch 32 x 160 tokens). Fetch the head's K and V bytes of the row
+// PF positions ahead.
+#define PF 8
+static inline void prefetch_row(const bf16 *k, const bf16 *v, int64_t bytes) {
+    for (int64_t b = 0; b < bytes; b += 64) {
+        __builtin_prefetch((const char *)k + b, 0, 3);
+        __builtin_prefetch((const char *)v + b, 0, 3);
+    }
+}
+
 // ---- residual add + RMSNorm ------------------------------------------------------------------
 // For each row t: if residual: residual[t] = bf16(residual[t] + x[t]) (in place) and r = that,
 // else r = x[t]. Then out[t] = bf16(w * bf16(r / rms(r))), rms in float32, as HF's LlamaRMSNorm.
@@ -225,6 +237,9 @@ static inline __attribute__((always_inline)) void attn_item_avx512(
         const int64_t *bx = ix + p0;
         for (int64_t p = 0; p < n; p++) {  // scores: each K row read once for all g heads
             const bf16 *kr = k_pool + bx[p] * pool_stride + off;
+            if (p0 + p + PF < len)
+                prefetch_row(k_pool + bx[p + PF] * pool_stride + off,
+                             v_pool + bx[p + PF] * pool_stride + off, d * sizeof(bf16));
             __m512 kv[MAX_D / VEC];
             for (int64_t c = 0; c < nc; c++) kv[c] = load16(kr + c * VEC);
             for (int64_t j = 0; j < g; j++) {
@@ -305,6 +320,9 @@ static inline __attribute__((always_inline)) void attn_item_avx2(
         const int64_t *bx = ix + p0;
         for (int64_t p = 0; p < n; p++) {  // scores: each K row read once for all g heads
             const bf16 *kr = k_pool + bx[p] * pool_stride + off;
+            if (p0 + p + PF < len)
+                prefetch_row(k_pool + bx[p + PF] * pool_stride + off,
+                             v_pool + bx[p + PF] * pool_stride + off, d * sizeof(bf16));
             __m256 kv[MAX_D / VEC];
             for (int64_t c = 0; c < nc; c++) kv[c] = load8(kr + c * VEC);
             for (int64_t j = 0; j < g; j++) {
