@@ -52,7 +52,8 @@ def test_gemm_matches_float32_matmul(n, k, m, bias):
 
 def test_gemm_row_does_not_depend_on_its_batch():
     g = torch.Generator().manual_seed(3)
-    w, x = torch.randn(200, 96, generator=g).bfloat16(), torch.randn(101, 96, generator=g).bfloat16()
+    w = torch.randn(200, 96, generator=g).bfloat16()
+    x = torch.randn(101, 96, generator=g).bfloat16()
     panels = kernels.gemm_pack(w)
     full = kernels.gemm(x, panels, 200)
     for rows in (slice(0, 1), slice(50, 51), slice(7, 20), slice(95, 101)):

@@ -8,9 +8,10 @@
 //
 // Layout: the weight [N, K] is packed once into panels of NR = 16 output columns, panel p
 // holding row k of w[16p : 16p + 16, k] at [p][k] (zero past N; columns interleaved, see
-// micro()), so the microkernel reads 32 contiguous bytes per k. x is widened once per call into a float32 [M, K] buffer. The microkernel keeps an
-// MR x 16 block of float32 sums in 12 ymm registers; every output element is summed over k in
-// the same order whatever M is, so a row's result does not depend on the batch it is in.
+// micro()), so the microkernel reads 32 contiguous bytes per k. x is widened once per call into
+// a float32 [M, K] buffer. The microkernel keeps an MR x 16 block of float32 sums in 12 ymm
+// registers; every output element is summed over k in the same order whatever M is, so a row's
+// result does not depend on the batch it is in.
 
 #include <stdint.h>
 #include <stdlib.h>

@@ -48,12 +48,13 @@ GEMM_NR = 16  # output columns per weight panel (NR of cpu_gemm.c)
 
 
 def build(force: bool = False, extra_flags: tuple[str, ...] = ()) -> Path:
-    """Compile the C files into one library (unless a build for this source, flags and machine exists);
-    its path. ``extra_flags`` e.g. ``("-mno-avx512f",)`` builds the portable variant."""
+    """Compile the C files into one library (unless a build for these sources, flags and machine
+    exists); its path. ``extra_flags`` e.g. ``("-mno-avx512f", "-mno-avx2")`` build variants."""
     cc = os.environ.get("CC", "gcc")
     flags = [*_FLAGS, *extra_flags]
     key = hashlib.sha256(
-        b"".join(src.read_bytes() for src in _SRCS) + " ".join([cc, *flags, platform.machine(), platform.node()]).encode()
+        b"".join(src.read_bytes() for src in _SRCS)
+        + " ".join([cc, *flags, platform.machine(), platform.node()]).encode()
     ).hexdigest()[:16]
     out_dir = Path(envs.cpu_kernel_dir)
     lib = out_dir / f"sglang_cpu_kernels_{key}.so"
@@ -67,7 +68,8 @@ def build(force: bool = False, extra_flags: tuple[str, ...] = ()) -> Path:
                        capture_output=True, text=True, timeout=300)
         os.replace(tmp, lib)  # atomic: concurrent builders each install a whole file
     except subprocess.CalledProcessError as e:
-        raise RuntimeError(f"{cc} failed on {' '.join(s.name for s in _SRCS)}: {e.stderr.strip()[-2000:]}") from e
+        names = " ".join(src.name for src in _SRCS)
+        raise RuntimeError(f"{cc} failed on {names}: {e.stderr.strip()[-2000:]}") from e
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -183,7 +185,8 @@ class CpuKernels:
         so a row's result does not depend on the other rows."""
         m, k = x.shape
         if x.dtype != torch.bfloat16 or x.stride(1) != 1 or panels.shape[1] != k:
-            raise ValueError(f"gemm: x must be bf16 rows of unit stride and width {panels.shape[1]}")
+            raise ValueError(
+                f"gemm: x must be bf16 rows of unit stride and width {panels.shape[1]}")
         if bias is not None and (bias.dtype != torch.bfloat16 or not bias.is_contiguous()):
             raise ValueError("gemm: the bias must be a contiguous bf16 vector")
         out = torch.empty((m, n), dtype=torch.bfloat16)
