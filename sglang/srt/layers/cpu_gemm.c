@@ -15,7 +15,6 @@
 
 #include <stdint.h>
 #include <stdlib.h>
-#include <string.h>
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
 #define GEMM_OK 1
@@ -23,22 +22,11 @@
 #define GEMM_OK 0
 #endif
 
-typedef uint16_t bf16;
+#include "cpu_bf16.h"
 
 #define NR 16   // output columns per panel
 #define MR 6    // rows per microkernel call
 #define MC 96   // rows per outer chunk (a multiple of MR): x chunk stays in L2
-
-static inline float g_bf2f(bf16 x) {
-    union { uint32_t u; float f; } v = {.u = (uint32_t)x << 16};
-    return v.f;
-}
-
-static inline bf16 g_f2bf(float f) {  // round to nearest even, as torch
-    union { float f; uint32_t u; } v = {.f = f};
-    if ((v.u & 0x7fffffffu) > 0x7f800000u) return (bf16)((v.u >> 16) | 0x40u);
-    return (bf16)((v.u + 0x7fffu + ((v.u >> 16) & 1u)) >> 16);
-}
 
 int gemm_supported(void) { return GEMM_OK; }
 
@@ -133,7 +121,7 @@ void gemm_bf16(const bf16 *x, int64_t ldx, int64_t m, const bf16 *panels, int64_
     {
 #pragma omp for schedule(static)
         for (int64_t r = 0; r < m; r++)
-            for (int64_t i = 0; i < k; i++) xf[r * k + i] = g_bf2f(x[r * ldx + i]);
+            for (int64_t i = 0; i < k; i++) xf[r * k + i] = bf2f(x[r * ldx + i]);
         for (int64_t m0 = 0; m0 < m; m0 += MC) {
             const int64_t mc = m - m0 < MC ? m - m0 : MC;
 #pragma omp for schedule(static)
@@ -147,8 +135,8 @@ void gemm_bf16(const bf16 *x, int64_t ldx, int64_t m, const bf16 *panels, int64_
                         bf16 *o = out + (r0 + r) * ldo + c0;
                         for (int64_t c = 0; c < nc; c++) {
                             float v = sums[r * NR + c];
-                            if (bias) v += g_bf2f(bias[c0 + c]);
-                            o[c] = g_f2bf(v);
+                            if (bias) v += bf2f(bias[c0 + c]);
+                            o[c] = f2bf(v);
                         }
                     }
                 }

@@ -16,22 +16,11 @@
 #include <stdint.h>
 #include <string.h>
 
-typedef uint16_t bf16;
+#include "cpu_bf16.h"
 
 #define BLK 32     // decode attention: positions per online-softmax block
 #define MAX_G 16   // query heads per kv head
 #define MAX_D 256  // head_dim
-
-static inline float bf2f(bf16 x) {
-    union { uint32_t u; float f; } v = {.u = (uint32_t)x << 16};
-    return v.f;
-}
-
-static inline bf16 f2bf(float f) {
-    union { float f; uint32_t u; } v = {.f = f};
-    if ((v.u & 0x7fffffffu) > 0x7f800000u) return (bf16)((v.u >> 16) | 0x40u);  // NaN stays NaN
-    return (bf16)((v.u + 0x7fffu + ((v.u >> 16) & 1u)) >> 16);
-}
 
 // exp(x) for x <= 0 (softmax after max subtraction): Cody-Waite range reduction and a degree-6
 // polynomial, relative error < 2e-7; vectorisable, unlike libm's expf without -ffast-math.

@@ -29,6 +29,7 @@ from sglang.srt.env import envs
 logger = logging.getLogger(__name__)
 
 _SRCS = [Path(__file__).with_name(name) for name in ("cpu_kernels.c", "cpu_gemm.c")]
+_HEADERS = [Path(__file__).with_name("cpu_bf16.h")]  # part of the build key, not compiled alone
 _FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=gnu11"]
 _ABI = 3
 MAX_GROUP, MAX_HEAD_DIM = 16, 256  # MAX_G and MAX_D of the C file (stack buffers)
@@ -53,7 +54,7 @@ def build(force: bool = False, extra_flags: tuple[str, ...] = ()) -> Path:
     cc = os.environ.get("CC", "gcc")
     flags = [*_FLAGS, *extra_flags]
     key = hashlib.sha256(
-        b"".join(src.read_bytes() for src in _SRCS)
+        b"".join(src.read_bytes() for src in [*_SRCS, *_HEADERS])
         + " ".join([cc, *flags, platform.machine(), platform.node()]).encode()
     ).hexdigest()[:16]
     out_dir = Path(envs.cpu_kernel_dir)
