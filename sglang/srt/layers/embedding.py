@@ -33,7 +33,8 @@ class LMHead(nn.Module):
         self.packed: Optional[PackedWeight] = None
 
     def prepack_cpu(self) -> bool:
-        """Pack for the CPU's fastest bf16 matmul (``cpu_linear``). A tied weight stays for the embedding lookup."""
+        """Pack for the CPU's fastest bf16 matmul (``cpu_linear``). A tied weight stays for the
+        embedding lookup."""
         self.packed = pack_weight_for_cpu(self.weight)
         if self.packed is not None and not self.tied:
             self.weight.data = self.weight.data.new_empty(0)

@@ -77,7 +77,9 @@ class GateUpLinear(MergedLinear):
         inter = self.output_sizes[0]
         onednn = (OneDnnWeight,)
         gate = pack_weight_for_cpu(self.weight[:inter].contiguous(), onednn)
-        up = pack_weight_for_cpu(self.weight[inter:].contiguous(), onednn)
+        up = None
+        if gate is not None:  # (without oneDNN's bf16 path, one refused pack is enough)
+            up = pack_weight_for_cpu(self.weight[inter:].contiguous(), onednn)
         if gate is None or up is None:
             return super().prepack_cpu()  # panels of the merged weight, or nothing
         self.packed_gate, self.packed_up = gate, up
