@@ -2,8 +2,9 @@
 
 Decode attention over scattered pool rows against float32 SDPA, for the specialised shapes
 (SmolLM2's 9/3 heads x 64, Llama's 32/8 x 128), the generic vector loop (head_dim 80) and the
-portable loop (head_dim 40; and whole builds without AVX-512, and without AVX2). Then a bf16 SmolLM2-shaped model
-through the runner, kernels on against kernels off, both against HF in float32.
+portable loop (head_dim 40; and whole builds without AVX-512, and without AVX2). Then a bf16
+SmolLM2-shaped model through the runner, kernels on against kernels off, both against HF in
+float32.
 The RMSNorm and RoPE kernels are checked for exact equality with HF in ``test_layers.py``.
 """
 
