@@ -88,5 +88,17 @@ class _Env:
                                "sglang")
         return os.environ.get("SGLANG_CPU_KERNEL_DIR") or default
 
+    @property
+    def cpu_kernel_isa(self) -> str:
+        """Which build of the CPU kernels to load: auto (the best this CPU runs), avx512, avx2 or
+        portable (one this CPU lacks is refused: torch ops)."""
+        return (os.environ.get("SGLANG_CPU_KERNEL_ISA") or "auto").lower()
+
+    @property
+    def cpu_gemm(self) -> str:
+        """bf16 linear layers on CPU: auto (oneDNN's packed bf16 where the CPU has a native bf16
+        path, else the panels of layers/cpu_gemm.c), onednn, panel (only that one) or torch."""
+        return (os.environ.get("SGLANG_CPU_GEMM") or "auto").lower()
+
 
 envs = _Env()
