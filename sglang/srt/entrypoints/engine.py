@@ -43,9 +43,8 @@ class Engine:
         tm = self.tokenizer_manager
 
         async def one(it: GenerateReqInput) -> dict:
-            tm.validate(it)
             out = None
-            async for out in tm.generate_request(it, None):
+            async for out in tm.generate_request(it, None, tokenized=tm.validate(it)):
                 pass
             return out
 

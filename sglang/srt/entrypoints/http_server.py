@@ -10,7 +10,11 @@ from typing import Any, AsyncIterator
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, ORJSONResponse, Response, StreamingResponse
 
-from sglang.srt.managers.io_struct import BadRequestError, GenerateReqInput
+from sglang.srt.managers.io_struct import (
+    BadRequestError,
+    GenerateReqInput,
+    TokenizedGenerateReqInput,
+)
 from sglang.srt.managers.tokenizer_manager import TokenizerManager
 
 logger = logging.getLogger(__name__)
@@ -96,19 +100,19 @@ def create_app(tm: TokenizerManager) -> FastAPI:
     async def generate(request: Request) -> Response:
         obj = GenerateReqInput.from_json(await read_json(request))
         items = obj.normalize()
-        for it in items:
-            tm.validate(it)
+        # Tokenized here, once, so that a bad request is a 400 before a stream starts.
+        jobs = [(it, tm.validate(it)) for it in items]
         if obj.stream:
             return StreamingResponse(
-                _stream(tm, items, request, obj.is_batch), media_type="text/event-stream"
+                _stream(tm, jobs, request, obj.is_batch), media_type="text/event-stream"
             )
         if not obj.is_batch:
-            out = await _collect(tm, items[0], request)
+            out = await _collect(tm, jobs[0], request)
             status = _abort_status(out)
             if status is not None:
                 return error_response(out["meta_info"]["finish_reason"]["message"], status)
             return _JSON(out)
-        outs = await asyncio.gather(*[_collect(tm, it, request) for it in items])
+        outs = await asyncio.gather(*[_collect(tm, job, request) for job in jobs])
         return _JSON(list(outs))
 
     try:
@@ -120,22 +124,26 @@ def create_app(tm: TokenizerManager) -> FastAPI:
     return app
 
 
-async def _collect(tm: TokenizerManager, obj: GenerateReqInput, request: Request) -> dict:
+Job = tuple[GenerateReqInput, TokenizedGenerateReqInput]  # a request and its validated form
+
+
+async def _collect(tm: TokenizerManager, job: Job, request: Request) -> dict:
     out = None
-    async for out in tm.generate_request(obj, request):
+    async for out in tm.generate_request(job[0], request, tokenized=job[1]):
         pass
     assert out is not None
     return out
 
 
 async def _stream(
-    tm: TokenizerManager, items: list[GenerateReqInput], request: Request, batch: bool
+    tm: TokenizerManager, jobs: list[Job], request: Request, batch: bool
 ) -> AsyncIterator[bytes]:
+    """SGLang's format: each chunk holds the cumulative text, which only grows by appending."""
     queue: asyncio.Queue = asyncio.Queue()
 
-    async def pump(i: int, obj: GenerateReqInput) -> None:
+    async def pump(i: int, job: Job) -> None:
         try:
-            async for out in tm.generate_request(obj, request):
+            async for out in tm.generate_request(job[0], request, tokenized=job[1]):
                 if batch:
                     out["index"] = i
                 await queue.put(out)
@@ -144,7 +152,7 @@ async def _stream(
         finally:
             await queue.put(None)
 
-    tasks = [asyncio.create_task(pump(i, it)) for i, it in enumerate(items)]
+    tasks = [asyncio.create_task(pump(i, job)) for i, job in enumerate(jobs)]
     try:
         done = 0
         while done < len(tasks):

@@ -12,6 +12,7 @@ from typing import Any, AsyncIterator, Optional
 import zmq
 import zmq.asyncio
 
+from sglang.srt.managers.detokenizer import IncrementalDetokenizer
 from sglang.srt.managers.io_struct import (
     AbortReq,
     BadRequestError,
@@ -31,7 +32,7 @@ logger = logging.getLogger(__name__)
 class _ReqState:
     obj: GenerateReqInput
     created: float
-    output_ids: list[int] = field(default_factory=list)
+    detok: IncrementalDetokenizer  # holds the output ids and the text released so far
     out: list[ReqOutput] = field(default_factory=list)
     event: asyncio.Event = field(default_factory=asyncio.Event)
     finished: bool = False
@@ -120,10 +121,26 @@ class TokenizerManager:
             )
         return ids
 
-    def validate(self, obj: GenerateReqInput) -> None:
-        """Raise BadRequestError now, before a streamed response has started."""
+    def validate(self, obj: GenerateReqInput) -> TokenizedGenerateReqInput:
+        """Check and tokenize now, so a bad request is a 400 before a streamed response starts.
+
+        Pass the result to :meth:`generate_request` so the prompt is tokenized only once.
+        """
         self._check_pd_fields(obj)
-        self.tokenize(obj)
+        sp = obj.parsed_sampling_params
+        assert sp is not None
+        return TokenizedGenerateReqInput(
+            rid=obj.rid,
+            input_ids=self.tokenize(obj),
+            sampling_params=sp,
+            return_logprob=obj.return_logprob,
+            logprob_start_len=obj.logprob_start_len,
+            top_logprobs_num=obj.top_logprobs_num,
+            stream=obj.stream,
+            bootstrap_host=obj.bootstrap_host,
+            bootstrap_port=obj.bootstrap_port,
+            bootstrap_room=obj.bootstrap_room,
+        )
 
     def _check_pd_fields(self, obj: GenerateReqInput) -> None:
         mode = self.server_args.disaggregation_mode
@@ -137,32 +154,29 @@ class TokenizerManager:
             )
 
     async def generate_request(
-        self, obj: GenerateReqInput, request: Any = None
+        self,
+        obj: GenerateReqInput,
+        request: Any = None,
+        tokenized: Optional[TokenizedGenerateReqInput] = None,
     ) -> AsyncIterator[dict[str, Any]]:
-        """Run one normalized request; yields cumulative output dicts (one if not streaming)."""
+        """Run one normalized request; yields cumulative output dicts (one if not streaming).
+
+        ``tokenized``: what :meth:`validate` returned for ``obj``, if it was called. The text
+        of each output only grows by appending: it holds whole characters only and never a part
+        of a stop string that the final text will cut.
+        """
         self._ensure_loop()
-        self._check_pd_fields(obj)
-        ids = self.tokenize(obj)
+        if tokenized is None:
+            tokenized = self.validate(obj)
         if obj.rid in self._states:
             raise BadRequestError(f"duplicate request id {obj.rid!r}")
-        sp = obj.parsed_sampling_params
-        assert sp is not None
-        state = _ReqState(obj, time.time())
-        self._states[obj.rid] = state
-        await self._send.send_pyobj(
-            TokenizedGenerateReqInput(
-                rid=obj.rid,
-                input_ids=ids,
-                sampling_params=sp,
-                return_logprob=obj.return_logprob,
-                logprob_start_len=obj.logprob_start_len,
-                top_logprobs_num=obj.top_logprobs_num,
-                stream=obj.stream,
-                bootstrap_host=obj.bootstrap_host,
-                bootstrap_port=obj.bootstrap_port,
-                bootstrap_room=obj.bootstrap_room,
-            )
+        sp = tokenized.sampling_params
+        detok = IncrementalDetokenizer(
+            self.tokenizer, sp.skip_special_tokens, sp.stop, trim_stop=not sp.no_stop_trim
         )
+        state = _ReqState(obj, time.time(), detok)
+        self._states[obj.rid] = state
+        await self._send.send_pyobj(tokenized)
         try:
             while True:
                 try:
@@ -187,7 +201,7 @@ class TokenizerManager:
             self._states.pop(obj.rid, None)
 
     def _apply(self, state: _ReqState, out: ReqOutput) -> None:
-        state.output_ids.extend(out.new_token_ids)
+        state.detok.push(out.new_token_ids)
         m = state.meta
         m.update(
             prompt_tokens=out.prompt_tokens,
@@ -212,6 +226,8 @@ class TokenizerManager:
                 ]
         if out.finished_reason is not None:
             state.finished = True
+            matched = out.finished_reason.get("matched")
+            state.detok.finish(matched if isinstance(matched, str) else None)
 
     def _lp_triples(self, pairs: list, with_text: bool) -> list:
         if not with_text:
@@ -219,19 +235,9 @@ class TokenizerManager:
         return [[lp, tok, self.tokenizer.decode([tok])] for lp, tok in pairs]
 
     def _result(self, state: _ReqState) -> dict[str, Any]:
-        sp = state.obj.parsed_sampling_params
-        text = self.tokenizer.decode(
-            state.output_ids, skip_special_tokens=sp.skip_special_tokens if sp else True
-        )
-        reason = state.meta.get("finish_reason")
-        if reason and reason.get("type") == "stop" and isinstance(reason.get("matched"), str):
-            if sp is not None and not sp.no_stop_trim:
-                cut = text.find(reason["matched"])
-                if cut >= 0:
-                    text = text[:cut]
         meta = {"id": state.obj.rid, **state.meta}
         meta["e2e_latency"] = time.time() - state.created
-        return {"text": text, "output_ids": list(state.output_ids), "meta_info": meta}
+        return {"text": state.detok.text, "output_ids": list(state.detok.ids), "meta_info": meta}
 
     def abort_request(self, rid: str) -> None:
         if self._loop_task is None:

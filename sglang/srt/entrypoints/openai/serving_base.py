@@ -178,7 +178,8 @@ def chat_logprobs(
 def completion_logprobs(
     tokenizer: Any, tokens: list[Any], tops: list[Any], top_n: int, offset: int
 ) -> dict[str, Any]:
-    """OpenAI legacy completion logprobs; text offsets count from ``offset``."""
+    """OpenAI legacy completion logprobs; text offsets count from ``offset``, each token adding
+    the length of its own text (see :func:`next_offset`)."""
     keys = ("tokens", "token_logprobs", "top_logprobs", "text_offset")
     out: dict[str, Any] = {k: [] for k in keys}
     for i, e in enumerate(tokens):
@@ -198,9 +199,24 @@ def completion_logprobs(
     return out
 
 
+def text_delta(text: str, sent: int) -> str:
+    """The new part of a cumulative ``text`` after ``sent`` characters went out.
+
+    The tokenizer manager only ever appends to ``text`` (whole characters, nothing that a stop
+    string will cut), so the streamed deltas add up to the non-streamed text.
+    """
+    if len(text) < sent:
+        raise RuntimeError(f"streamed text shrank from {sent} to {len(text)} characters")
+    return text[sent:]
+
+
 def new_logprobs(meta: dict[str, Any], sent: int) -> tuple[list[Any], list[Any]]:
     """Output logprobs after the first ``sent`` (they are cumulative, like ``text``)."""
     toks = meta.get("output_token_logprobs") or []
     tops = meta.get("output_top_logprobs") or []
     return list(toks[sent:]), list(tops[sent:])
 
+
+def next_offset(logprobs: dict[str, Any]) -> int:
+    """The text offset after the tokens of a :func:`completion_logprobs` result."""
+    return logprobs["text_offset"][-1] + len(logprobs["tokens"][-1])

@@ -30,6 +30,7 @@ from sglang.srt.entrypoints.openai.serving_base import (
     pd_fields,
     run_to_end,
     sse,
+    text_delta,
 )
 from sglang.srt.managers.io_struct import BadRequestError, GenerateReqInput
 
@@ -137,9 +138,8 @@ async def stream_chat(
             if err is not None:
                 yield sse(error_body(*err))
                 break
-            text = out["text"]
-            delta = text[sent_text:]
-            sent_text = max(sent_text, len(text))
+            delta = text_delta(out["text"], sent_text)
+            sent_text += len(delta)
             logprobs = None
             if req.logprobs:
                 toks, tops = new_logprobs(meta, sent_lp)

@@ -26,10 +26,12 @@ from sglang.srt.entrypoints.openai.serving_base import (
     completion_logprobs,
     merge_streams,
     new_logprobs,
+    next_offset,
     open_streams,
     pd_fields,
     run_to_end,
     sse,
+    text_delta,
 )
 from sglang.srt.managers.io_struct import BadRequestError, GenerateReqInput
 
@@ -106,6 +108,9 @@ async def stream_completion(
     cid, created = new_id("cmpl"), now()
     sent_text: dict[int, int] = {}
     sent_lp: dict[int, int] = {}
+    # Logprob text offsets run over the tokens' own texts, as in the non-stream response (a
+    # token's text and the released text differ while a character is split across tokens).
+    lp_offset: dict[int, int] = {}
     last: dict[int, dict[str, Any]] = {}
 
     def chunk(index: int, text: str, logprobs: Any, reason: Optional[str], matched: Any) -> str:
@@ -130,17 +135,17 @@ async def stream_completion(
             if err is not None:
                 yield sse(error_body(*err))
                 break
-            text = out["text"]
-            delta = text[sent_text.get(i, 0) :]
+            delta = text_delta(out["text"], sent_text.get(i, 0))
+            sent_text[i] = sent_text.get(i, 0) + len(delta)
             logprobs = None
             if req.logprobs is not None:
                 toks, tops = new_logprobs(meta, sent_lp.get(i, 0))
                 sent_lp[i] = sent_lp.get(i, 0) + len(toks)
                 if toks:
                     logprobs = completion_logprobs(
-                        tokenizer, toks, tops, req.logprobs, sent_text.get(i, 0)
+                        tokenizer, toks, tops, req.logprobs, lp_offset.get(i, 0)
                     )
-            sent_text[i] = max(sent_text.get(i, 0), len(text))
+                    lp_offset[i] = next_offset(logprobs)
             if delta or logprobs:
                 yield chunk(i, delta, logprobs, None, None)
             reason, matched = finish_reason(meta)
