@@ -71,9 +71,22 @@ def test_gemm_rejects_what_it_cannot_take():
         kernels.gemm_pack(torch.zeros(16, 8))
 
 
-def test_build_without_avx2_has_no_gemm():
-    path = cpu_kernels.build(extra_flags=("-mno-avx512f", "-mno-avx2", "-mno-fma"))
-    assert not cpu_kernels.CpuKernels(path).gemm_supported
+RUNNABLE = [isa for isa in cpu_kernels.ISAS if isa.requires <= cpu_kernels.cpu_features()]
+
+
+@pytest.mark.parametrize("isa", RUNNABLE, ids=[isa.name for isa in RUNNABLE])
+def test_gemm_of_each_build_this_cpu_runs(isa):
+    """The AVX2 build's GEMM (an AVX2-only CPU's) equals the loaded build's bit for bit: the
+    same float32 sums in the same order; the portable build has none."""
+    lib = cpu_kernels.CpuKernels(cpu_kernels.build(isa))
+    if isa.name == "portable":
+        assert not lib.gemm_supported
+        return
+    g = torch.Generator().manual_seed(5)
+    w = torch.randn(100, 37, generator=g).bfloat16()
+    x = torch.randn(7, 37, generator=g).bfloat16()
+    ours = lib.gemm(x, lib.gemm_pack(w), 100)
+    assert torch.equal(ours, kernels.gemm(x, kernels.gemm_pack(w), 100))
 
 
 @pytest.mark.parametrize("bias", [False, True])

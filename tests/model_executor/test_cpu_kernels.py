@@ -2,7 +2,7 @@
 
 Decode attention over scattered pool rows against float32 SDPA, for the specialised shapes
 (SmolLM2's 9/3 heads x 64, Llama's 32/8 x 128), the generic vector loop (head_dim 80) and the
-portable loop (head_dim 40; and whole builds without AVX-512, and without AVX2). Then a bf16
+portable loop (head_dim 40; and each build of another instruction set this CPU runs). Then a bf16
 SmolLM2-shaped model through the runner, kernels on against kernels off, both against HF in
 float32.
 The RMSNorm and RoPE kernels are checked for exact equality with HF in ``test_layers.py``.
@@ -67,19 +67,22 @@ def test_decode_attention_matches_sdpa(heads, kv_heads, d, lengths, lib=None):
     assert (out.float() - ref).abs().max() <= 2e-2
 
 
-@pytest.mark.parametrize("flags", [("-mno-avx512f",), ("-mno-avx512f", "-mno-avx2", "-mno-fma")],
-                         ids=["avx2", "portable"])
-def test_builds_without_avx512(flags):
-    """The AVX2 attention (on an AVX-512 machine; this build's own elsewhere) and the portable
-    loops."""
-    path = cpu_kernels.build(extra_flags=flags)
-    portable = cpu_kernels.CpuKernels(path)
+RUNNABLE = [isa for isa in cpu_kernels.ISAS if isa.requires <= cpu_kernels.cpu_features()]
+
+
+@pytest.mark.parametrize("isa", RUNNABLE, ids=[isa.name for isa in RUNNABLE])
+def test_every_build_this_cpu_runs(isa):
+    """Each build this CPU can run (on an AVX-512 machine: the AVX2 attention and the portable
+    loops too) gives SDPA's attention and the loaded build's RMSNorm bit for bit."""
+    lib = cpu_kernels.CpuKernels(cpu_kernels.build(isa))
+    assert lib.compiled_for == isa.requires
+    assert lib.gemm_supported == (isa.name != "portable")
     for heads, kv_heads, d in [(9, 3, 64), (6, 2, 40)]:
-        test_decode_attention_matches_sdpa(heads, kv_heads, d, [40, 3], lib=portable)
+        test_decode_attention_matches_sdpa(heads, kv_heads, d, [40, 3], lib=lib)
     x, res = torch.randn(5, 96).bfloat16(), torch.randn(5, 96).bfloat16()
     w = (1 + 0.1 * torch.randn(96)).bfloat16()
     r1, r2 = res.clone(), res.clone()
-    assert torch.equal(portable.add_rmsnorm(x, r1, w, 1e-5), kernels.add_rmsnorm(x, r2, w, 1e-5))
+    assert torch.equal(lib.add_rmsnorm(x, r1, w, 1e-5), kernels.add_rmsnorm(x, r2, w, 1e-5))
     assert torch.equal(r1, r2)
 
 

@@ -1,13 +1,13 @@
 // CPU kernels for bfloat16 inference: fused residual-add + RMSNorm, RoPE with the KV-pool
 // store, and decode attention straight over the paged KV pool.
 //
-// C11 + OpenMP, compiled on first use by cpu_kernels.py (gcc -O3 -march=native) and called
-// through ctypes. Element-wise loops are left to the compiler's vectoriser (`omp simd`); the
-// dot products of decode attention use AVX-512 or AVX2 intrinsics where the machine has them
-// (gcc reduces an `omp simd` sum with serial adds), with a portable loop otherwise. bf16 is
-// handled as raw uint16 bits. Rounding matches torch's
-// bf16 ops (round to nearest even), so results agree with the torch path to the last bit in
-// most elements and within one bf16 ulp elsewhere (reduction order).
+// C11 + OpenMP, compiled by cpu_kernels.py once per instruction set (portable, AVX2 + FMA,
+// AVX-512; the loader picks the best one the CPU has) and called through ctypes. Element-wise
+// loops are left to the compiler's vectoriser (`omp simd`); the dot products of decode attention
+// use AVX-512 or AVX2 intrinsics in the builds for them (gcc reduces an `omp simd` sum with
+// serial adds), with a portable loop otherwise. bf16 is handled as raw uint16 bits. Rounding
+// matches torch's bf16 ops (round to nearest even), so results agree with the torch path to the
+// last bit in most elements and within one bf16 ulp elsewhere (reduction order).
 
 #include <math.h>
 #if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
@@ -409,4 +409,55 @@ void argmax_f32(const float *x, int64_t stride, int64_t rows, int64_t n, int64_t
     }
 }
 
-int kernels_abi_version(void) { return 3; }
+int kernels_abi_version(void) { return 4; }
+
+// The instruction-set extensions this build may contain, in /proc/cpuinfo's spelling. The loader
+// (cpu_kernels.py) reads this string from the file's bytes before loading it, and refuses a build
+// that uses anything the CPU lacks: running it would kill the process with SIGILL.
+__attribute__((used)) const char sglang_kernel_isa[] = "sglang-kernel-isa:"
+#ifdef __AVX__
+    " avx"
+#endif
+#ifdef __AVX2__
+    " avx2"
+#endif
+#ifdef __FMA__
+    " fma"
+#endif
+#ifdef __F16C__
+    " f16c"
+#endif
+#ifdef __BMI__
+    " bmi1"
+#endif
+#ifdef __BMI2__
+    " bmi2"
+#endif
+#ifdef __AVX512F__
+    " avx512f"
+#endif
+#ifdef __AVX512BW__
+    " avx512bw"
+#endif
+#ifdef __AVX512DQ__
+    " avx512dq"
+#endif
+#ifdef __AVX512VL__
+    " avx512vl"
+#endif
+#ifdef __AVX512CD__
+    " avx512cd"
+#endif
+#ifdef __AVX512VNNI__
+    " avx512_vnni"
+#endif
+#ifdef __AVX512BF16__
+    " avx512_bf16"
+#endif
+#ifdef __AVX512FP16__
+    " avx512_fp16"
+#endif
+#ifdef __AMX_TILE__
+    " amx_tile"
+#endif
+    ";";

@@ -9,7 +9,9 @@
   runs at 10-18 GFLOP/s there (measured on 2 Zen 3 cores), this kernel at 110-160 from 32 rows.
 
 Both return ``bf16(x @ w.T + bias)`` with float32 sums, as torch's bf16 linear does; they differ
-from it only in summation order (within one bf16 rounding).
+from it only in summation order (within one bf16 rounding). ``SGLANG_CPU_GEMM`` (``onednn``,
+``panel``, ``torch``) keeps to one path, e.g. to run an AVX2 machine's panels on a CPU where
+oneDNN would be picked.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Optional, Protocol
 
 import torch
 
+from sglang.srt.env import envs
 from sglang.srt.layers import cpu_kernels
 
 
@@ -40,7 +43,7 @@ class OneDnnWeight:
 
     @staticmethod
     def pack(weight: torch.Tensor) -> Optional["OneDnnWeight"]:
-        if not _mkldnn_packing_available():
+        if envs.cpu_gemm not in ("auto", "onednn") or not _mkldnn_packing_available():
             return None
         try:
             packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), None)
@@ -61,7 +64,7 @@ class PanelWeight:
 
     @staticmethod
     def pack(weight: torch.Tensor) -> Optional["PanelWeight"]:
-        k = cpu_kernels.get()
+        k = cpu_kernels.get() if envs.cpu_gemm in ("auto", "panel") else None
         if k is None or not k.gemm_supported:
             return None
         return PanelWeight(weight, k)
