@@ -6,8 +6,9 @@
 Nothing is downloaded. The ``tiny*`` presets are trained for a few seconds on the built-in
 corpus (``sglang/tools/data/corpus.txt``): they continue corpus paragraph openings (see
 ``model_factory.corpus.TINY_PROMPTS``) with the memorised text and large top-1 logit margins,
-so greedy outputs are stable across kernels. ``smollm2-135m`` and ``qwen3-0.6b`` have the real
-models' shapes with random weights. Same preset + seed gives byte-identical files (on one
+so greedy outputs are stable across kernels; ``tiny-multilingual`` is trained the same way on a
+seeded random multilingual text (prompts: ``model_factory.corpus.multilingual_prompts``).
+``smollm2-135m`` and ``qwen3-0.6b`` have the real models' shapes with random weights. Same preset + seed gives byte-identical files (on one
 machine with one set of library versions); another seed gives other weights.
 """
 
@@ -55,7 +56,7 @@ def create_model(
 
     tensors: list[TensorSpec]
     if spec.trained:
-        result = train_model(config, tok, seed)
+        result = train_model(config, tok, seed, spec.corpus)
         logger.info(
             "trained %s in %.1fs, final loss %.3f", preset, result.seconds, result.final_loss
         )

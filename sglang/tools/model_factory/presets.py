@@ -23,8 +23,10 @@ class Preset:
     """One model recipe.
 
     ``vocab_size`` None means "the trained tokenizer's size rounded up to a multiple of 64". The
-    tokenizer is padded with filler tokens up to the model's vocab size. ``trained`` presets are trained on the built-in corpus,
-    the others get HF-style random init (normal(0, initializer_range), norms = 1, biases = 0).
+    tokenizer is padded with filler tokens up to the model's vocab size. ``trained`` presets are
+    trained on ``corpus`` (a name in ``model_factory.corpus.CORPORA``), the others get HF-style
+    random init (normal(0, initializer_range), norms = 1, biases = 0). The tokenizer is always
+    the one trained on the built-in English corpus.
     """
 
     name: str
@@ -34,6 +36,7 @@ class Preset:
     trained: bool
     vocab_size: int | None
     fields: dict[str, Any] = field(default_factory=dict)
+    corpus: str = "builtin"
 
 
 PRESETS: dict[str, Preset] = {
@@ -51,6 +54,24 @@ PRESETS: dict[str, Preset] = {
             "mlp_bias": False,
             "tie_word_embeddings": False,
         },
+    ),
+    # The tiny Llama trained on random multilingual text: its greedy output is CJK, emoji and
+    # accented Latin whose characters span several byte-level tokens (streaming tests).
+    "tiny-multilingual": Preset(
+        name="tiny-multilingual",
+        architecture="LlamaForCausalLM",
+        model_type="llama",
+        dtype="float32",
+        trained=True,
+        vocab_size=None,
+        fields={
+            **_TINY_COMMON,
+            "head_dim": 32,
+            "attention_bias": False,
+            "mlp_bias": False,
+            "tie_word_embeddings": False,
+        },
+        corpus="multilingual",
     ),
     "tiny-qwen2": Preset(
         name="tiny-qwen2",

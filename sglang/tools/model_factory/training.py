@@ -43,10 +43,10 @@ class TokenStream:
     doc_weights: torch.Tensor  # sampling weight of each start
 
 
-def build_stream(tok: Tokenizer) -> TokenStream:
+def build_stream(tok: Tokenizer, corpus: str = "builtin") -> TokenStream:
     """Prose paragraphs joined by blank lines (so greedy decoding runs on from one paragraph to
     the next), then the conversations in ChatML, each followed by ``<|endoftext|>``."""
-    prose, chats = split_corpus(load_corpus())
+    prose, chats = split_corpus(load_corpus(corpus))
     ids: list[int] = []
     starts: list[int] = []
     for para in prose:
@@ -96,13 +96,15 @@ class TrainResult:
     final_loss: float
 
 
-def train_model(config: dict[str, Any], tok: Tokenizer, seed: int) -> TrainResult:
-    """Train a fresh HF model described by ``config`` on the corpus, deterministically."""
+def train_model(
+    config: dict[str, Any], tok: Tokenizer, seed: int, corpus: str = "builtin"
+) -> TrainResult:
+    """Train a fresh HF model described by ``config`` on ``corpus``, deterministically."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     fields = {k: v for k, v in config.items() if k not in ("model_type", "torch_dtype")}
     hf_config = AutoConfig.for_model(config["model_type"], **fields, dtype=torch.float32)
-    stream = build_stream(tok)
+    stream = build_stream(tok, corpus)
 
     t0 = time.perf_counter()
     with fixed_threads(TRAIN_THREADS), torch.random.fork_rng(devices=[]):
