@@ -201,6 +201,8 @@ class TokenizerManager:
             self._states.pop(obj.rid, None)
 
     def _apply(self, state: _ReqState, out: ReqOutput) -> None:
+        if state.finished:  # the finishing output is the last one the scheduler sends
+            return
         state.detok.push(out.new_token_ids)
         m = state.meta
         m.update(
