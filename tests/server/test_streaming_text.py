@@ -183,3 +183,23 @@ def test_stop_strings_are_never_streamed(target, tok):
     assert keep["text"] == text[: at + len(stop)]
     for p in pools:
         assert_pool_whole(p)
+
+
+def test_completion_logprobs_stream_like_non_stream(target):
+    """Token texts (U+FFFD for a part of a character, as OpenAI sends them) and their text
+    offsets are the same streamed and not."""
+    url, pools = target
+    prompt, sp = CASES[1]
+    c, model = client(url), model_id(url)
+    args = dict(model=model, prompt=prompt, max_tokens=sp["max_new_tokens"], temperature=0,
+                logprobs=1, extra_body={"ignore_eos": True})
+    full = c.completions.create(**args).choices[0].logprobs
+    tokens, offsets = [], []
+    for ch in c.completions.create(stream=True, **args):
+        if ch.choices and ch.choices[0].logprobs:
+            tokens += ch.choices[0].logprobs.tokens
+            offsets += ch.choices[0].logprobs.text_offset
+    assert REPLACEMENT in "".join(tokens)  # some tokens hold part of a character
+    assert (tokens, offsets) == (full.tokens, full.text_offset)
+    for p in pools:
+        assert_pool_whole(p)
