@@ -67,6 +67,22 @@ class _Env:
         return max(1e-4, _float("SGLANG_DISAGGREGATION_NIXL_PROGRESS_INTERVAL", 0.001))
 
     @property
+    def deferred_decode_kv_release(self) -> bool:
+        """Decode: keep an abandoned request's pages until its prefill acknowledges the abort
+        (its in-flight writes into them drained), or the timeout below passes."""
+        return _bool("SGLANG_DISAGGREGATION_DEFERRED_DECODE_KV_RELEASE", True)
+
+    @property
+    def deferred_decode_kv_release_timeout(self) -> float:
+        return _float("SGLANG_DISAGGREGATION_DEFERRED_DECODE_KV_RELEASE_TIMEOUT", 30.0)
+
+    @property
+    def test_transfer_delay(self) -> float:
+        """Test only: prefill sleeps this long before each KV write it has started (so an
+        abort lands while the write is in flight)."""
+        return max(0.0, _float("SGLANG_TEST_DISAGG_TRANSFER_DELAY", 0.0))
+
+    @property
     def test_failure_prob(self) -> float:
         return _float("SGLANG_TEST_DISAGG_FAILURE_PROB", 0.0)
 

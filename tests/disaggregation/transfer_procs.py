@@ -130,6 +130,22 @@ class Node:
     def clear(self, room: int) -> None:
         self.conns.pop(room).clear()
 
+    def drained(self, room: int) -> bool:
+        return self.conns[room].writes_drained()
+
+    def wait_drained(self, room: int, timeout: float = 20.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while not self.conns[room].writes_drained() and time.monotonic() < deadline:
+            time.sleep(0.005)
+        return self.conns[room].writes_drained()
+
+    def endpoint(self) -> str:
+        """This manager's control-plane (ZMQ PULL) endpoint."""
+        return self.mgr.endpoint
+
+    def control_alive(self) -> bool:
+        return self.mgr.control._thread.is_alive()
+
     def metric(self, room: int) -> dict[str, Any]:
         return self.conns[room].get_transfer_metric()
 

@@ -6,25 +6,46 @@ table row and a metadata slot for it, the pages are allocated and their indices 
 prefill (transfer queue). When the prefill reports the last chunk and the metadata row written,
 the row's room is checked, the first output token appended, and the request joins the running
 batch without any prefill forward pass. Every failure frees what the request held.
+
+A request given up on after its pages went to the prefill (client abort or disconnect, waiting
+timeout, transfer failure, lost prefill) ends at once for the client, but its pages and metadata
+row are held back from the free lists until the prefill acknowledges that it will not write into
+them, or SGLANG_DISAGGREGATION_DEFERRED_DECODE_KV_RELEASE_TIMEOUT passes: a late write must not
+land in pages another request already got. /get_server_info shows them as ``held_reqs`` and
+``held_pages``.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 
-from sglang.srt.disaggregation.base.conn import ABORTED, KVPoll
+from sglang.srt.disaggregation.base.conn import ABORTED, BaseKVReceiver, KVPoll
 from sglang.srt.disaggregation.fake.conn import FakeKVReceiver
 from sglang.srt.disaggregation.queues_common import DisaggQueuesBase
 from sglang.srt.disaggregation.utils import create_kv_receiver
+from sglang.srt.env import envs
 
 if TYPE_CHECKING:
     from sglang.srt.managers.req import Req
     from sglang.srt.managers.schedule_policy import ScheduledBatch
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass
+class HeldPages:
+    """What an abandoned request leaves until its prefill can no longer write into it."""
+
+    room: int
+    receiver: BaseKVReceiver
+    pages: list[int]
+    slot: Optional[int]
+    since: float
 
 
 class DecodeQueues(DisaggQueuesBase):
@@ -35,6 +56,8 @@ class DecodeQueues(DisaggQueuesBase):
         self.prealloc: list[Req] = []
         self.transfer: list[Req] = []
         self.iteration = 0
+        self.held: list[HeldPages] = []
+        self.released = {"ack": 0, "timeout": 0}
 
     def add(self, req: "Req") -> None:
         req.input_logprobs_sent = True  # input logprobs come from the prefill server
@@ -48,6 +71,8 @@ class DecodeQueues(DisaggQueuesBase):
 
     def step(self) -> None:
         self.iteration += 1
+        if self.held:
+            self._release_held()
         if self.iteration % max(1, self.sched.args.disaggregation_decode_polling_interval) == 0:
             self._pop_preallocated()
         self._pop_transferred()
@@ -96,6 +121,7 @@ class DecodeQueues(DisaggQueuesBase):
             if state == KVPoll.Failed:
                 self.transfer.remove(req)
                 self.fail(req, "Decode transfer failed")
+                self._hold(req)
                 s.finish(req, cache=False)
                 continue
             if state != KVPoll.Success:
@@ -135,7 +161,48 @@ class DecodeQueues(DisaggQueuesBase):
                     queue.remove(req)
                     req.disagg.abort()
                     req.abort(ABORTED, 499)
+                    if queue is self.transfer:
+                        self._hold(req)
                     self.sched.finish(req, cache=False)
+
+    # ---- deferred release -----------------------------------------------------------------
+    def _hold(self, req: "Req") -> None:
+        """Take the pages and metadata row of a request given up on in the transfer queue away
+        from it, unless the prefill can no longer write into them; ``finish`` then frees the
+        rest (its request-table row) at once."""
+        receiver = req.disagg
+        if receiver is None or receiver.writes_drained() or not envs.deferred_decode_kv_release:
+            return
+        own = req.pages[req.prefix_pages:]
+        req.pages = req.pages[: req.prefix_pages]
+        self.held.append(HeldPages(req.bootstrap_room, receiver, own, req.metadata_index,
+                                   time.monotonic()))
+        req.disagg, req.metadata_index = None, None
+        logger.debug("room=%s rid=%s: %d pages held until the prefill acknowledges",
+                     req.bootstrap_room, req.rid, len(own))
+
+    def _release_held(self) -> None:
+        timeout = envs.deferred_decode_kv_release_timeout
+        now = time.monotonic()
+        for h in list(self.held):
+            if h.receiver.writes_drained():
+                how = "ack"
+            elif now - h.since > timeout:
+                how = "timeout"
+                logger.warning(
+                    "room=%s: no abort acknowledgement from the prefill after %.0fs; its %d "
+                    "pages are reused now (SGLANG_DISAGGREGATION_DEFERRED_DECODE_KV_RELEASE_"
+                    "TIMEOUT)", h.room, now - h.since, len(h.pages),
+                )
+            else:
+                continue
+            self.held.remove(h)
+            self.sched.cache.allocator.free(h.pages)
+            if h.slot is not None:
+                self.metadata.reset(h.slot)
+                self.slots.free(h.slot)
+            h.receiver.clear()
+            self.released[how] += 1
 
     def info(self) -> dict[str, Any]:
         return {
@@ -143,5 +210,9 @@ class DecodeQueues(DisaggQueuesBase):
             "transfer_queue": len(self.transfer),
             "metadata_slots_free": self.slots.available(),
             "metadata_slots": self.num_slots,
+            "held_reqs": len(self.held),
+            "held_pages": sum(len(h.pages) for h in self.held),
+            "held_released_on_ack": self.released["ack"],
+            "held_released_on_timeout": self.released["timeout"],
             **self.describe(),
         }

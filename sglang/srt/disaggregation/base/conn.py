@@ -134,3 +134,9 @@ class BaseKVReceiver(ABC):
 
     @abstractmethod
     def clear(self) -> None: ...
+
+    def writes_drained(self) -> bool:
+        """After a failure or abort: True once the prefill can no longer write into the pages
+        given to ``send_metadata`` (it acknowledged the abort, or never had them). Until then
+        the scheduler must not reuse those pages. Backends that move no data: always True."""
+        return True

@@ -81,3 +81,6 @@ class CommonKVReceiver(BaseKVReceiver):
 
     def clear(self) -> None:
         self.side.clear(self.bootstrap_room)
+
+    def writes_drained(self) -> bool:
+        return self.side.writes_drained(self.bootstrap_room)

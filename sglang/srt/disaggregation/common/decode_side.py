@@ -6,6 +6,13 @@ the prefill's registration (GET /route, retried while it is starting), refuse it
 layout differs, then register this decode's memory with the prefill's manager (once per
 prefill). Later receivers for that address are ready at once. The heartbeat drops a dead
 prefill's state, so a restarted prefill gets a fresh handshake.
+
+Once a room's pages went to the prefill, its writes may still land there after the decode gave
+up on it. Giving up therefore always tells the prefill (AbortMsg), which answers AbortAckMsg
+once it can no longer write; ``writes_drained`` says so, and only then may the scheduler reuse
+the pages (or after SGLANG_DISAGGREGATION_DEFERRED_DECODE_KV_RELEASE_TIMEOUT). A prefill lost to
+the heartbeat sends no ack: missed heartbeats do not prove that its transfer threads stopped
+(a busy or partitioned prefill misses them too), so the timeout decides.
 """
 
 from __future__ import annotations
@@ -28,7 +35,12 @@ from sglang.srt.disaggregation.common.handshake import (
     fetch_prefill_info,
 )
 from sglang.srt.disaggregation.common.heartbeat import Heartbeat
-from sglang.srt.disaggregation.common.messages import AbortMsg, MetadataMsg, StatusMsg
+from sglang.srt.disaggregation.common.messages import (
+    AbortAckMsg,
+    AbortMsg,
+    MetadataMsg,
+    StatusMsg,
+)
 from sglang.srt.disaggregation.common.room_table import ReceiverRoom, RoomTable
 from sglang.srt.env import envs
 
@@ -141,6 +153,7 @@ class DecodeSide:
         st.metadata_sent_at = time.monotonic()
         msg = MetadataMsg(self.mgr.endpoint, room, dst.tobytes(), int(aux_index))
         if not self.mgr.control.send(st.prefill_endpoint, msg):
+            st.writes_drained = True  # the pages never left: nothing can be written into them
             self.fail(room, f"could not send the destination pages to {st.prefill_endpoint}")
             return
         logger.debug("Request %d: sent %d destination pages, aux row %d", room, len(dst), aux_index)
@@ -167,6 +180,16 @@ class DecodeSide:
     def abort(self, room: int) -> None:
         self.fail(room, ABORTED, tell_prefill=True)
 
+    def writes_drained(self, room: int) -> bool:
+        """True once the prefill can no longer write into the room's pages."""
+        st = self.rooms.get(room)
+        return (
+            st is None
+            or st.metadata_sent_at is None  # the prefill never learnt the pages
+            or st.status == KVPoll.Success  # every write landed before the prefill said so
+            or st.writes_drained
+        )
+
     def clear(self, room: int) -> None:
         with self.lock:
             st = self.rooms.pop(room)
@@ -191,9 +214,30 @@ class DecodeSide:
         if msg.status == KVPoll.Success:
             if st.metadata_sent_at is not None and self.rooms.set_status(msg.room, KVPoll.Success):
                 logger.debug("Request %d: KV arrived from %s", msg.room, msg.peer)
-        else:
-            self.fail(msg.room, f"Failed to get kvcache from prefill instance {msg.peer}: "
-                                f"{msg.reason}")
+            return
+        if msg.reregister:
+            st.writes_drained = True  # the prefill refused the pages: it never writes them
+        # The prefill failed the room, but a write of it may still be in flight there: the
+        # AbortMsg asks for the ack that frees the pages.
+        self.fail(msg.room, f"Failed to get kvcache from prefill instance {msg.peer}: "
+                            f"{msg.reason}", tell_prefill=not msg.reregister)
+
+    def on_abort_ack(self, msg: AbortAckMsg) -> None:
+        st = self.rooms.get(msg.room)
+        if st is None:  # late (after the timeout), duplicate after release, or forged
+            logger.debug("Abort ack for unknown request %d from %s ignored", msg.room, msg.peer)
+            return
+        if st.prefill_endpoint != msg.peer or st.status != KVPoll.Failed:
+            logger.warning(
+                "Abort ack for request %d from %s ignored: its prefill is %s, status %s",
+                msg.room, msg.peer, st.prefill_endpoint or "unknown", st.status.name,
+            )
+            return
+        if st.writes_drained:
+            logger.debug("Duplicate abort ack for request %d ignored", msg.room)
+            return
+        st.writes_drained = True
+        logger.debug("Request %d: prefill %s acknowledged the abort", msg.room, msg.peer)
 
     def _forget_endpoint(self, endpoint: str) -> None:
         with self.lock:

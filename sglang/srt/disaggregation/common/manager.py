@@ -20,6 +20,7 @@ from sglang.srt.disaggregation.common.control_plane import ControlPlane
 from sglang.srt.disaggregation.common.decode_side import DecodeSide
 from sglang.srt.disaggregation.common.handshake import register_prefill
 from sglang.srt.disaggregation.common.messages import (
+    AbortAckMsg,
     AbortMsg,
     Message,
     MetadataMsg,
@@ -109,9 +110,12 @@ class CommonKVManager(BaseKVManager):
 
     # ---- control plane -------------------------------------------------------------------
     def _on_message(self, msg: Message) -> None:
-        if isinstance(msg, StatusMsg):
+        if isinstance(msg, (StatusMsg, AbortAckMsg)):
             if self.decode is not None:
-                self.decode.on_status(msg)
+                if isinstance(msg, StatusMsg):
+                    self.decode.on_status(msg)
+                else:
+                    self.decode.on_abort_ack(msg)
                 return
         elif self.prefill is not None:
             if isinstance(msg, RegisterMsg):

@@ -7,6 +7,11 @@ sender's own PULL endpoint ("ip:port"), which is where replies go and how peers 
   decode -> prefill  MetadataMsg   per request: destination pages and metadata row of a room
   decode -> prefill  AbortMsg      per request: the decode gave up on a room
   prefill -> decode  StatusMsg     per request: Success, or Failed with the reason
+  prefill -> decode  AbortAckMsg   per abort: the prefill will not write into that room's
+                                   pages any more (its queued writes for it drained or dropped)
+
+Every peer is untrusted: ``decode`` checks each field's type and refuses unknown or missing
+fields, so a handler only ever sees well-typed values.
 """
 
 from __future__ import annotations
@@ -65,8 +70,29 @@ class StatusMsg:
     T = "status"
 
 
-Message = Union[RegisterMsg, MetadataMsg, AbortMsg, StatusMsg]
-_TYPES: dict[str, type] = {c.T: c for c in (RegisterMsg, MetadataMsg, AbortMsg, StatusMsg)}
+@dataclass
+class AbortAckMsg:
+    peer: str
+    room: int
+
+    T = "abort_ack"
+
+
+Message = Union[RegisterMsg, MetadataMsg, AbortMsg, StatusMsg, AbortAckMsg]
+_TYPES: dict[str, type] = {
+    c.T: c for c in (RegisterMsg, MetadataMsg, AbortMsg, StatusMsg, AbortAckMsg)
+}
+_U64 = 1 << 64
+
+
+def _valid(kind: str, v: Any) -> bool:
+    if kind == "int":
+        return isinstance(v, int) and not isinstance(v, bool) and -_U64 < v < _U64
+    if kind == "list[int]":
+        return isinstance(v, list) and all(_valid("int", x) for x in v)
+    if kind.startswith("dict"):
+        return isinstance(v, dict) and all(isinstance(k, str) for k in v)
+    return isinstance(v, {"str": str, "bytes": bytes, "bool": bool}[kind])
 
 
 def encode(msg: Message) -> bytes:
@@ -77,7 +103,18 @@ def encode(msg: Message) -> bytes:
 
 def decode(frame: bytes) -> Message:
     d = msgpack.unpackb(frame, raw=False)
+    if not isinstance(d, dict):
+        raise ValueError(f"control message is not a map: {d!r:.200}")
     cls = _TYPES.get(d.pop("t", None))
     if cls is None:
         raise ValueError(f"unknown control message: {d!r:.200}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    if set(d) - set(fields):
+        raise ValueError(f"{cls.T} message with unknown fields {sorted(set(d) - set(fields))}")
+    for name, f in fields.items():
+        if name not in d:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ValueError(f"{cls.T} message without field {name!r}")
+        elif not _valid(str(f.type), d[name]):
+            raise ValueError(f"{cls.T} message: field {name!r} is not {f.type}: {d[name]!r:.80}")
     return cls(**d)

@@ -6,6 +6,10 @@ load balancer sends the request to both sides at once. It may also arrive after 
 failed (bootstrap timeout, abort, a prompt the prefill refused): the decode is then told at once
 instead of waiting out its own timeout. Destinations, aborts and failures that never meet their
 counterpart are dropped after the bootstrap timeout.
+
+A decode's abort is acknowledged (AbortAckMsg) once the room's writes already queued on its
+transfer worker have finished or been dropped: later ones are dropped because the room is
+Failed (or unknown, then recorded as an early abort). Only then may the decode reuse the pages.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import numpy as np
 
 from sglang.srt.disaggregation.base.conn import ABORTED, KVPoll
 from sglang.srt.disaggregation.common.messages import (
+    AbortAckMsg,
     AbortMsg,
     MetadataMsg,
     RegisterMsg,
@@ -120,6 +125,16 @@ class PrefillSide:
                 self.early_aborts[msg.room] = (time.monotonic(), reason)
             elif self.rooms.set_status(msg.room, KVPoll.Failed, reason):
                 logger.info("Request %d: %s", msg.room, reason)
+            known = msg.peer in self.peers
+        if not known:  # it cannot have pages here; and no socket for a stranger's endpoint
+            logger.warning("Request %d: abort from unregistered decode %s not acknowledged",
+                           msg.room, msg.peer)
+            return
+        self.workers.after_pending(msg.room, lambda: self._ack_abort(msg.peer, msg.room))
+
+    def _ack_abort(self, peer: str, room: int) -> None:
+        if self.mgr.control.send(peer, AbortAckMsg(self.mgr.endpoint, room)):
+            logger.debug("Request %d: abort acknowledged to %s", room, peer)
 
     # ---- sender API (scheduler thread) ---------------------------------------------------
     def add_sender(self, room: int, bootstrap_addr: str) -> None:

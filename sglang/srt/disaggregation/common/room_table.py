@@ -47,6 +47,9 @@ class ReceiverRoom(RoomState):
     prefill_endpoint: str = ""  # the prefill manager's PULL endpoint, known after handshake
     metadata_sent_at: Optional[float] = None
     num_pages: int = 0
+    # The prefill will not write into this room's pages any more (it acknowledged the abort,
+    # or said it never took them).
+    writes_drained: bool = False
 
 
 @dataclass

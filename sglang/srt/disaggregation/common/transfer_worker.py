@@ -3,7 +3,9 @@
 A room's jobs always go to the same queue (``room % n``), so its chunks are written in order
 and its aux row and Success come after all of its pages. A write that fails marks the
 destination decode as failed: later chunks for it fail at once instead of waiting on a dead
-peer, until that decode registers again.
+peer, until that decode registers again. ``after_pending`` runs a callback on a room's queue
+once every job queued before it for that room has run (or been dropped): how an abort is
+acknowledged only after the room's in-flight writes drained.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Callable, Optional, Union
 
 import numpy as np
 
@@ -24,6 +26,7 @@ from sglang.srt.disaggregation.common.utils import (
     group_concurrent_contiguous,
     kv_blocks,
 )
+from sglang.srt.env import envs
 
 if TYPE_CHECKING:
     from sglang.srt.disaggregation.common.manager import CommonKVManager
@@ -51,7 +54,7 @@ class TransferWorkers:
     def __init__(self, mgr: CommonKVManager, side: PrefillSide, num_threads: int):
         self.mgr = mgr
         self.side = side
-        self._queues: list[queue.Queue[Optional[TransferJob]]] = [
+        self._queues: list[queue.Queue[Union[TransferJob, Callable[[], None], None]]] = [
             queue.Queue() for _ in range(num_threads)
         ]
         self._threads = [
@@ -64,11 +67,21 @@ class TransferWorkers:
     def submit(self, job: TransferJob) -> None:
         self._queues[job.room % len(self._queues)].put(job)
 
-    def _run(self, q: queue.Queue[Optional[TransferJob]]) -> None:
+    def after_pending(self, room: int, fn: Callable[[], None]) -> None:
+        """Run ``fn`` on ``room``'s worker once the jobs queued for the room so far are done."""
+        self._queues[room % len(self._queues)].put(fn)
+
+    def _run(self, q: queue.Queue[Union[TransferJob, Callable[[], None], None]]) -> None:
         while True:
             job = q.get()
             if job is None:
                 return
+            if not isinstance(job, TransferJob):
+                try:
+                    job()
+                except Exception:
+                    logger.exception("transfer worker callback failed")
+                continue
             try:
                 self._execute(job)
             except Exception as e:  # never let a worker die: fail the room instead
@@ -100,6 +113,8 @@ class TransferWorkers:
             )
         if st.t_first is None:
             st.t_first = time.monotonic()
+        if envs.test_transfer_delay > 0:  # test only: keep this write in flight a while
+            time.sleep(envs.test_transfer_delay)
         try:
             if blocks.src:
                 self.mgr.write(peer, blocks, "kv")
@@ -108,6 +123,8 @@ class TransferWorkers:
         except Exception as e:
             with side.lock:
                 side.failed_peers.add(job.peer)
+            if st.status == KVPoll.Failed:  # fail() would say nothing of an aborted room
+                logger.warning("Request %d (aborted): write to %s failed: %s", room, job.peer, e)
             side.fail(room, f"Failed to send kv chunk of {room} to {job.peer}: {e}", notify=True)
             return
         st.bytes += blocks.total_bytes()
