@@ -49,7 +49,8 @@ class DisaggQueuesBase:
                 "head_dim": pool.layout.head_dim,
             },
             device=sched.device,
-            gpu_id=args.base_gpu_id,
+            # the device the pages live on (not --base-gpu-id: on a CPU it means nothing)
+            gpu_id=pool.buffer.device.index or 0 if pool.buffer.is_cuda else 0,
             ib_device=args.disaggregation_ib_device,
             local_host=host,
             bootstrap_port=args.disaggregation_bootstrap_port,

@@ -60,12 +60,13 @@ class NixlAgent:
         return bytes(self.agent.get_agent_metadata())
 
     def register(self, ptrs: Sequence[int], lens: Sequence[int], mem: str, device_id: int) -> None:
-        """Register regions of memory kind ``mem`` ("DRAM" or "VRAM"), each once."""
+        """Register regions of memory kind ``mem`` ("DRAM" or "VRAM") on ``device_id``, each
+        once; writes must name the same device id."""
         descs = []
         for p, n in zip(ptrs, lens):
             if n > 0 and (p, n) not in self._registered:
                 self._registered.add((p, n))
-                descs.append((p, n, device_id if mem == "VRAM" else 0, ""))
+                descs.append((p, n, device_id, ""))
         if descs:
             reg = self.agent.register_memory(descs, mem)
             if reg is None:

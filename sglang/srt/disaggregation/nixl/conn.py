@@ -1,6 +1,8 @@
 """NIXL backend: the common manager with a NIXL agent (UCX by default) as its data plane.
 
-KV regions are registered as VRAM on CUDA and DRAM on CPU; metadata rows always as DRAM.
+KV regions are registered as VRAM on CUDA and DRAM on CPU; metadata rows always as DRAM. A
+region's device id is the GPU it lives on for VRAM and 0 for DRAM, and the same id goes into
+every write descriptor for it (NIXL finds no registration otherwise: NIXL_ERR_NOT_FOUND).
 The decode ships its agent metadata in its KV-args registration; the prefill adds it as a
 remote agent and WRITEs into it. Completion travels as the common ZMQ status message (no NIXL
 notifications), exactly as with Mooncake.
@@ -24,6 +26,10 @@ def _mem_kind(device: str) -> str:
     return "VRAM" if str(device).startswith("cuda") else "DRAM"
 
 
+def _dev_id(mem: str, gpu_id: int) -> int:
+    return gpu_id if mem == "VRAM" else 0
+
+
 class NixlKVManager(CommonKVManager):
     backend_name = "nixl"
 
@@ -31,8 +37,9 @@ class NixlKVManager(CommonKVManager):
         a = self.args
         self.kv_mem = _mem_kind(a.device)
         name = f"sglang-{self.mode}-{a.local_host}-{uuid.uuid4().hex[:12]}"
+        self.kv_dev = _dev_id(self.kv_mem, a.gpu_id)
         self.agent = NixlAgent(name, envs.nixl_backend)
-        self.agent.register(a.kv_data_ptrs, a.kv_data_lens, self.kv_mem, a.gpu_id)
+        self.agent.register(a.kv_data_ptrs, a.kv_data_lens, self.kv_mem, self.kv_dev)
         self.agent.register(a.aux_data_ptrs, a.aux_data_lens, "DRAM", 0)
         if self.mode == "decode":
             self.agent.start_progress(envs.nixl_progress_interval)
@@ -59,13 +66,17 @@ class NixlKVManager(CommonKVManager):
             "agent_name": self.agent.name,
             "agent_metadata": self.agent.metadata(),
             "kv_mem": self.kv_mem,
-            "gpu_id": self.args.gpu_id,
+            "kv_dev": self.kv_dev,  # the device id the decode registered its KV under
         }
 
     def add_peer(self, peer: PeerInfo) -> None:
         metadata = peer.transfer.get("agent_metadata")
-        if not metadata:
+        if not metadata or not isinstance(metadata, bytes):
             raise ValueError(f"decode {peer.endpoint} registered without NIXL agent metadata")
+        mem, dev = peer.transfer.get("kv_mem"), peer.transfer.get("kv_dev")
+        if mem not in ("DRAM", "VRAM") or not isinstance(dev, int) or isinstance(dev, bool) \
+                or not 0 <= dev < 1024:
+            raise ValueError(f"decode {peer.endpoint} registered a bad KV memory {mem!r}:{dev!r}")
         peer.handle = self.agent.add_remote(metadata)
 
     def remove_peer(self, peer: PeerInfo) -> None:
@@ -74,9 +85,8 @@ class NixlKVManager(CommonKVManager):
 
     def write(self, peer: PeerInfo, blocks: Blocks, kind: str) -> None:
         if kind == "kv":
-            local_mem, local_dev = self.kv_mem, self.args.gpu_id
-            remote_mem = peer.transfer.get("kv_mem", "DRAM")
-            remote_dev = int(peer.transfer.get("gpu_id", 0))
+            local_mem, local_dev = self.kv_mem, self.kv_dev
+            remote_mem, remote_dev = peer.transfer["kv_mem"], peer.transfer["kv_dev"]
         else:
             local_mem, local_dev, remote_mem, remote_dev = "DRAM", 0, "DRAM", 0
         self.agent.write(
