@@ -74,6 +74,8 @@ class ServerArgs:
                 f"--chunked-prefill-size {self.chunked_prefill_size} must be -1 (off) or at "
                 f"least one page ({self.page_size})"
             )
+        if self.max_prefill_tokens < 1:
+            bad(f"--max-prefill-tokens must be >= 1, got {self.max_prefill_tokens}")
         if self.disaggregation_mode not in DISAGG_MODES:
             bad(f"--disaggregation-mode must be one of {DISAGG_MODES}")
         if self.disaggregation_transfer_backend not in TRANSFER_BACKENDS:

@@ -1,13 +1,13 @@
 """Next-token sampling (greedy, temperature, top_k, top_p, min_p) and logprobs, over a batch.
 
 Greedy rows take the argmax of the raw logits. The other rows are filtered in one vectorised
-pass and sampled by inverse CDF with one uniform draw per row from that row's generator, so a
-request seeded with ``SamplingParams.seed`` draws the same tokens whatever batch it is in.
+pass and sampled by inverse CDF with one uniform draw per row. A request seeded with
+``SamplingParams.seed`` draws a pure function of (seed, output position), so it gets the same
+tokens whatever batch it is in, and through PD as on a unified server; unseeded rows draw from
+the global RNG.
 """
 
 from __future__ import annotations
-
-from typing import Optional
 
 import torch
 
@@ -15,26 +15,53 @@ from sglang.srt.layers import cpu_kernels
 from sglang.srt.sampling.sampling_params import SamplingParams
 
 
-def make_generator(
-    seed: Optional[int], device: str | torch.device = "cpu"
-) -> Optional[torch.Generator]:
-    """The per-request generator for ``SamplingParams.seed`` (None: use the global RNG)."""
-    if seed is None:
-        return None
-    return torch.Generator(device=device).manual_seed(int(seed))
+_MASK64 = (1 << 64) - 1
+
+
+def _mix64(x: int) -> int:
+    """splitmix64's finaliser: a bijective, well-mixed map of 64-bit integers."""
+    x = (x + 0x9E3779B97F4A7C15) & _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
+
+
+def seeded_uniform(seed: int, position: int) -> float:
+    """The U[0, 1) draw of a request seeded with ``seed`` for its output token ``position``.
+
+    A pure function of (seed, position), so the draw is the same whatever batch the request is
+    in, and a PD decode server draws for token 2 what a unified server would without any RNG
+    state crossing from the prefill. 24 bits, so the value is exact in float32 and below 1.
+    """
+    h = _mix64((_mix64(int(seed) & _MASK64) + int(position)) & _MASK64)
+    return (h >> 40) * 2.0**-24
 
 
 def _uniforms(
-    rows: list[int], generators: list[Optional[torch.Generator]], device: torch.device
+    params: list[SamplingParams], positions: list[int], device: torch.device
 ) -> torch.Tensor:
-    """One U[0, 1) draw per row: from the row's generator, else from the global RNG."""
-    gens = [generators[i] for i in rows]
-    if all(g is None for g in gens):
-        return torch.rand(len(rows), device=device)
-    draws = [
-        torch.rand(1) if g is None else torch.rand(1, generator=g, device=g.device) for g in gens
-    ]
-    return torch.cat([d.to(device) for d in draws])
+    """One U[0, 1) draw per row: keyed by (seed, position) when seeded, else the global RNG."""
+    if all(p.seed is None for p in params):
+        return torch.rand(len(params), device=device)
+    u = torch.rand(len(params))
+    for i, (p, pos) in enumerate(zip(params, positions)):
+        if p.seed is not None:
+            u[i] = seeded_uniform(p.seed, pos)
+    return u.to(device)
+
+
+def mask_tokens(logits: torch.Tensor, banned: list[list[int]]) -> torch.Tensor:
+    """``logits`` with ``-inf`` at each token t of ``banned[i]`` in row i (e.g. EOS while fewer
+    than ``min_new_tokens`` tokens are out); a new tensor, the input is left as it is."""
+    rows = [i for i, b in enumerate(banned) for _ in b]
+    if not rows:
+        return logits
+    cols = [t for b in banned for t in b]
+    r = torch.tensor(rows, dtype=torch.int64, device=logits.device)
+    c = torch.tensor(cols, dtype=torch.int64, device=logits.device)
+    keep = c < logits.shape[-1]  # a stop_token_id past the vocabulary can never be sampled
+    ninf = torch.tensor(float("-inf"), dtype=logits.dtype, device=logits.device)
+    return logits.index_put((r[keep], c[keep]), ninf)
 
 
 def _inverse_cdf(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
@@ -54,11 +81,10 @@ def _argmax(logits: torch.Tensor) -> torch.Tensor:
 
 
 def sample(
-    logits: torch.Tensor,
-    params: list[SamplingParams],
-    generators: list[Optional[torch.Generator]],
+    logits: torch.Tensor, params: list[SamplingParams], positions: list[int]
 ) -> torch.Tensor:
-    """[B] int64 next-token ids for ``logits`` [B, vocab]."""
+    """[B] int64 next-token ids for ``logits`` [B, vocab]; ``positions[i]`` is the index of
+    row i's token among its request's output tokens (the key of a seeded draw)."""
     next_ids = _argmax(logits)
     rows = [i for i, p in enumerate(params) if not p.is_greedy]
     if not rows:
@@ -68,7 +94,7 @@ def sample(
     ps = [params[i] for i in rows]
     temps = torch.tensor([p.temperature for p in ps], dtype=torch.float32, device=dev)
     probs = torch.softmax(sub.float() / temps[:, None], dim=-1)
-    u = _uniforms(rows, generators, dev)
+    u = _uniforms(ps, [positions[i] for i in rows], dev)
 
     top_ks = [p.top_k if p.top_k > 0 else probs.shape[-1] for p in ps]
     need_top_p = any(p.top_p < 1.0 for p in ps)

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import torch
 
-from sglang.srt.layers.sampler import logprobs_of, sample
+from sglang.srt.layers.sampler import logprobs_of, mask_tokens, sample
 from sglang.srt.managers.io_struct import ReqOutput
 
 if TYPE_CHECKING:
@@ -37,8 +37,14 @@ class OutputProcessor:
             rows = logits  # every row samples, in order (decode): no gather copy
         else:
             rows = logits[torch.tensor(sample_rows, dtype=torch.int64)]
+        if any(len(r.output_ids) < r.sampling_params.min_new_tokens for r in sampled_reqs):
+            # SGLang's min_new_tokens penalizer: no EOS / stop token until enough are out (the
+            # logprobs then see the masked logits too, as SGLang's do).
+            rows = mask_tokens(rows, [self._banned(r) for r in sampled_reqs])
         next_ids = sample(
-            rows, [r.sampling_params for r in sampled_reqs], [r.generator for r in sampled_reqs]
+            rows,
+            [r.sampling_params for r in sampled_reqs],
+            [len(r.output_ids) for r in sampled_reqs],
         ).tolist()
         want_lp = [i for i, r in enumerate(sampled_reqs) if r.return_logprob]
         if want_lp:
@@ -53,6 +59,12 @@ class OutputProcessor:
         for req, tok in zip(sampled_reqs, next_ids):
             self.append_token(req, tok)
         return sampled_reqs
+
+    def _banned(self, req: "Req") -> list[int]:
+        sp = req.sampling_params
+        if len(req.output_ids) >= sp.min_new_tokens:
+            return []
+        return sorted(self.eos_token_ids.union(sp.stop_token_ids))
 
     def _input_logprobs(self, req: "Req", rows: torch.Tensor, lo: int) -> None:
         ids = req.origin_input_ids
@@ -74,7 +86,12 @@ class OutputProcessor:
 
     def check_finished(self, req: "Req") -> None:
         sp, tok = req.sampling_params, req.output_ids[-1]
-        if not sp.ignore_eos and tok in self.eos_token_ids:
+        if len(req.output_ids) < sp.min_new_tokens:
+            # As SGLang: no EOS, stop token or stop string ends it before min_new_tokens (the
+            # sampler masks the stop tokens; the length limit still applies).
+            if len(req.output_ids) >= req.max_new_tokens:
+                req.finish({"type": "length", "length": req.max_new_tokens})
+        elif not sp.ignore_eos and tok in self.eos_token_ids:
             req.finish({"type": "stop", "matched": tok})
         elif tok in sp.stop_token_ids:
             req.finish({"type": "stop", "matched": tok})

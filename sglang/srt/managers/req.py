@@ -5,8 +5,6 @@ from __future__ import annotations
 import time
 from typing import Any, Optional
 
-import torch
-
 from sglang.srt.managers.io_struct import TokenizedGenerateReqInput
 
 
@@ -28,9 +26,6 @@ class Req:
         self.max_new_tokens = min(self.sampling_params.max_new_tokens, context_len - n_in)
         self.output_ids: list[int] = []
         self.finished_reason: Optional[dict[str, Any]] = None
-        self.generator: Optional[torch.Generator] = None
-        if self.sampling_params.seed is not None:
-            self.generator = torch.Generator().manual_seed(self.sampling_params.seed)
         self.created = time.monotonic()
         # KV state
         self.req_pool_idx: Optional[int] = None

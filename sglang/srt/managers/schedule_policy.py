@@ -42,16 +42,20 @@ def plan_extend(
     chunk_size: int,
     max_new_reqs: int,
     reserve_pages: int,
+    max_prefill_tokens: int = 1 << 62,
 ) -> tuple[list["Req"], list[int]]:
     """Admit waiting requests FCFS into one extend pass of at most ``chunk_size`` new tokens.
 
     Admitted requests get their pages; a request whose prompt does not fit the budget runs a
-    page-aligned chunk now and the rest later. Returns the requests and their extend lengths;
-    admitted requests are removed from ``waiting``.
+    page-aligned chunk now and the rest later. As SGLang's PrefillAdder, the pass's new tokens
+    also stay within ``max_prefill_tokens``: a request whose remaining prompt does not fit what
+    is left of it waits for the next pass, except the first of the pass, which is admitted
+    alone (up to ``chunk_size``) so that a longer prompt is still served. Returns the requests
+    and their extend lengths; admitted requests are removed from ``waiting``.
     """
     ps = cache.page_size
-    reqs, lens, budget = [], [], chunk_size
-    while waiting and budget > 0 and len(reqs) < max_new_reqs:
+    reqs, lens, budget, input_budget = [], [], chunk_size, max_prefill_tokens
+    while waiting and budget > 0 and input_budget > 0 and len(reqs) < max_new_reqs:
         req = waiting[0]
         if req.req_pool_idx is None and not req.pages:
             cap = len(req.fill_ids) - 1
@@ -61,6 +65,8 @@ def plan_extend(
             if not req.admitted_once:
                 req.cached_tokens = req.kv_len
         remaining = req.seq_len - req.kv_len
+        if reqs and remaining > input_budget:
+            break
         take = min(remaining, budget)
         if take < remaining:
             aligned = (req.kv_len + take) // ps * ps - req.kv_len
@@ -75,6 +81,7 @@ def plan_extend(
         reqs.append(req)
         lens.append(take)
         budget -= take
+        input_budget -= take
     return reqs, lens
 
 

@@ -239,7 +239,7 @@ class Scheduler:
             reserve = len(self.running)  # one page of decode headroom per running request
             reqs, lens = plan_extend(
                 self.cache, self.waiting, self.args.effective_chunk_size,
-                self.max_running - len(self.running), reserve,
+                self.max_running - len(self.running), reserve, self.args.max_prefill_tokens,
             )
             if reqs:
                 return build_extend(self.cache, reqs, lens)

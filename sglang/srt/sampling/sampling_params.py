@@ -104,6 +104,11 @@ class SamplingParams:
         )
         need(self.max_new_tokens >= 0, f"max_new_tokens must be >= 0, got {self.max_new_tokens}")
         need(
+            0 <= self.min_new_tokens <= self.max_new_tokens,
+            f"min_new_tokens must be in [0, max_new_tokens({self.max_new_tokens})], "
+            f"got {self.min_new_tokens}",
+        )
+        need(
             isinstance(self.stop, list) and all(isinstance(s, str) and s for s in self.stop),
             "stop must be a non-empty string or a list of non-empty strings",
         )
