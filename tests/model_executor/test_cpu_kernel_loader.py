@@ -59,6 +59,7 @@ def test_build_for_features_this_cpu_lacks_is_never_loaded(tmp_path, monkeypatch
     the others are refused before ``dlopen``, with the missing extensions named."""
     builds = {isa.name: cpu_kernels.build(isa) for isa in cpu_kernels.ISAS}
     monkeypatch.setenv("SGLANG_CPU_KERNEL_DIR", str(tmp_path))
+    monkeypatch.setenv("SGLANG_CPU_KERNEL_ISA", "auto")
     for isa in cpu_kernels.ISAS:
         shutil.copy(builds[isa.name], cpu_kernels.library_path(isa))
     pretend = frozenset(f for f in HERE if not f.startswith("avx512"))

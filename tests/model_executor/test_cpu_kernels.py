@@ -140,7 +140,7 @@ def _teacher_forced(runner, prompts, forced):
 def test_bf16_model_with_kernels_tracks_hf_like_torch_path(smol_bf16, monkeypatch):
     """Chunked prefill + 8 decode steps of 3 requests of different lengths: the kernel path is
     as close to float32 HF as the torch path is (mean |logit error|, about 0.03 on logits of
-    mean magnitude 1), and mostly picks HF's greedy token."""
+    mean magnitude 1; worst, about 0.2), and picks HF's greedy token up to that error."""
     hf, path = smol_bf16
     g = torch.Generator().manual_seed(1)
     prompts = {f"r{i}": torch.randint(0, 49152, (n,), generator=g).tolist()
@@ -162,7 +162,9 @@ def test_bf16_model_with_kernels_tracks_hf_like_torch_path(smol_bf16, monkeypatc
     assert err_kernel <= 1.1 * err_torch, (err_kernel, err_torch)
     max_kernel, max_torch = ((outs[on] - ref).abs().max().item() for on in (True, False))
     assert max_kernel <= 2 * max_torch, (max_kernel, max_torch)
-    # Random weights leave near-ties at the top, so bf16 noise flips a few greedy picks on
-    # either path (2 of 27 seen): most must still be HF's.
-    hits = (outs[True].argmax(-1) == ref.argmax(-1)).float().mean().item()
-    assert hits >= 0.8, hits
+    # Random weights leave near-ties at the top, which bf16 noise may flip on either path: every
+    # greedy pick of the kernel path must be a token HF ranks within what the torch path's own
+    # worst error could explain (no count of flips: how many there are depends on the CPU).
+    picked = ref.gather(-1, outs[True].argmax(-1, keepdim=True)).squeeze(-1)
+    gap = (ref.max(-1).values - picked).max().item()
+    assert gap <= 2 * max_torch, (gap, max_torch)
