@@ -169,11 +169,11 @@ def compiled_for(path: Path) -> frozenset[str]:
 
 
 class CpuKernels:
-    def __init__(self, path: Path, features: Optional[frozenset[str]] = None):
-        """Load the library at ``path``, refused if it may use an extension that ``features``
-        (default: this CPU's) lack."""
+    def __init__(self, path: Path):
+        """Load the library at ``path``, refused (before ``dlopen``) if it may use an extension
+        this CPU lacks."""
         self.compiled_for = compiled_for(path)
-        missing = self.compiled_for - (cpu_features() if features is None else features)
+        missing = self.compiled_for - cpu_features()
         if missing:
             raise RuntimeError(f"{path} is built for {' '.join(sorted(missing))}, which this "
                                "CPU lacks")
