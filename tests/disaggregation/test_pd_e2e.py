@@ -13,7 +13,7 @@ import pytest
 import requests
 
 from pool_checks import assert_pool_whole
-from sglang.test.server_utils import launch_pd_cluster, launch_server
+from sglang.test.server_utils import launch_pd_cluster
 
 SERVER_ARGS = ["--chunked-prefill-size", "32", "--page-size", "4", "--max-total-tokens", "4096",
                "--context-length", "1024"]
@@ -27,13 +27,7 @@ PROMPTS = [
     "Hello",
 ]
 GREEDY = {"temperature": 0, "max_new_tokens": 24}
-
-
-@pytest.fixture(scope="module")
-def unified(tiny_model, log_dir):
-    proc = launch_server(tiny_model, log_dir, "reference", SERVER_ARGS)
-    yield proc.url
-    proc.stop()
+# the reference server, ``unified``, comes from conftest.py
 
 
 @pytest.fixture(scope="module", params=["mooncake", "nixl"])

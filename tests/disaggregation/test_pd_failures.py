@@ -21,6 +21,8 @@ ENV = {
     "SGLANG_DISAGGREGATION_HEARTBEAT_INTERVAL": "0.5",
     "SGLANG_DISAGGREGATION_HEARTBEAT_MAX_FAILURE": "2",
     "SGLANG_DISAGGREGATION_BOOTSTRAP_FETCH_ATTEMPTS": "3",
+    # a dead prefill never acknowledges an abort: its requests' decode pages wait this long
+    "SGLANG_DISAGGREGATION_DEFERRED_DECODE_KV_RELEASE_TIMEOUT": "3",
 }
 ARGS = ["--page-size", "4", "--max-total-tokens", "2048", "--chunked-prefill-size", "32"]
 GREEDY = {"temperature": 0, "max_new_tokens": 8}

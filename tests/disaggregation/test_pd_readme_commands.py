@@ -4,7 +4,7 @@ serve a unified server's greedy answers on Mooncake and on NIXL, and leave both 
 The commands are read from README.md, so the test follows the README. Only the model path and
 the ports change (free ports; the bootstrap port stays the default 8998 unless something else
 holds it), and for NIXL both servers get ``--disaggregation-transfer-backend nixl`` as the
-README says.
+README says. The reference is the shared unified server of conftest.py.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import pytest
 import requests
 
 from pool_checks import assert_pool_whole
-from sglang.test.server_utils import free_port, launch_server, start
+from sglang.test.server_utils import free_port, start
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 PROMPTS = ["Once upon a time", "The river ran past the old mill, and the children", "Hello"]
@@ -46,13 +46,6 @@ def _port_free(port: int) -> bool:
 def _subst(argv: list[str], old: str, new: str) -> list[str]:
     assert old in argv, (old, argv)
     return [new if a == old else a for a in argv]
-
-
-@pytest.fixture(scope="module")
-def unified(tiny_model, log_dir):
-    proc = launch_server(tiny_model, log_dir, "readme-unified")
-    yield proc.url
-    proc.stop()
 
 
 @pytest.fixture(scope="module", params=["mooncake", "nixl"])
