@@ -25,5 +25,10 @@ def tiny_model() -> str:
 
 
 @pytest.fixture(scope="session")
+def multilingual_model() -> str:
+    return built_model("tiny-multilingual")
+
+
+@pytest.fixture(scope="session")
 def log_dir(tmp_path_factory) -> str:
     return str(tmp_path_factory.mktemp("logs"))

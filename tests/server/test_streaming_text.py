@@ -19,7 +19,6 @@ import pytest
 import requests
 from transformers import AutoTokenizer
 
-from conftest import built_model
 from pool_checks import assert_pool_whole
 from sglang.test.server_utils import launch_pd_cluster, launch_server
 from sglang.tools.model_factory.corpus import _MULTILINGUAL_WORDS, multilingual_prompts
@@ -51,8 +50,8 @@ CASES = cases()
 
 
 @pytest.fixture(scope="module")
-def model() -> str:
-    return built_model("tiny-multilingual")
+def model(multilingual_model) -> str:
+    return multilingual_model
 
 
 @pytest.fixture(scope="module")
