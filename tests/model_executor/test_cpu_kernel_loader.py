@@ -26,6 +26,12 @@ HERE = cpu_kernels.cpu_features()
 needs_x86 = pytest.mark.skipif(not X86, reason="one portable build off x86: nothing to pick")
 
 
+def _replace(path, data: bytes) -> None:
+    tmp = path.with_suffix(".new")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+
+
 def _compiler_works() -> bool:
     try:
         return cpu_kernels.build(cpu_kernels.pick_isa(HERE)).exists()
@@ -75,13 +81,15 @@ def test_build_for_features_this_cpu_lacks_is_never_loaded(tmp_path, monkeypatch
         cpu_kernels.load()
 
     # a file under the AVX2 build's name that declares AMX (say, copied from another machine)
+    # (replaced, never rewritten in place: the loaded build is mapped, and truncating a mapped
+    # library kills this process with SIGBUS when it next touches a page, e.g. at exit)
     avx2_path = cpu_kernels.library_path(cpu_kernels.pick_isa(ZEN3))
-    avx2_path.write_bytes(builds["avx2"].read_bytes().replace(
+    _replace(avx2_path, builds["avx2"].read_bytes().replace(
         b"sglang-kernel-isa:", b"sglang-kernel-isa: amx_tile"))
     monkeypatch.setenv("SGLANG_CPU_KERNEL_ISA", "auto")
     with pytest.raises(RuntimeError, match="built for amx_tile"):
         cpu_kernels.load()
-    avx2_path.write_bytes(b"\x7fELF not ours")
+    _replace(avx2_path, b"\x7fELF not ours")
     with pytest.raises(RuntimeError, match="declares no instruction set"):
         cpu_kernels.load()
 
