@@ -9,7 +9,11 @@ from dataclasses import dataclass
 from typing import Optional
 
 DISAGG_MODES = ("null", "prefill", "decode")
-TRANSFER_BACKENDS = ("mooncake", "nixl", "fake")
+TRANSFER_BACKENDS = ("mooncake", "mooncake_tcp", "nixl", "fake")
+# SGLang's names; bf16/fp16 are aliases of bfloat16/float16. fp8 pages are stored as fp8 and
+# dequantized on read.
+KV_CACHE_DTYPES = ("auto", "bf16", "bfloat16", "fp16", "float16", "fp8_e4m3", "fp8_e5m2")
+SCHEDULE_POLICIES = ("fcfs", "lpm")
 
 
 @dataclass
@@ -36,6 +40,19 @@ class ServerArgs:
     skip_server_warmup: bool = False
     trust_remote_code: bool = False
     revision: Optional[str] = None
+    tp_size: int = 1
+    kv_cache_dtype: str = "auto"
+    schedule_policy: str = "fcfs"
+    max_queued_requests: Optional[int] = None
+    stream_interval: int = 1
+    chat_template: Optional[str] = None
+    # operations
+    api_key: Optional[str] = None
+    enable_metrics: bool = False
+    watchdog_timeout: float = 300.0
+    log_requests: bool = False
+    log_requests_level: int = 2
+    enable_cache_report: bool = False
     # PD disaggregation
     disaggregation_mode: str = "null"
     disaggregation_transfer_backend: str = "mooncake"
@@ -76,6 +93,25 @@ class ServerArgs:
             )
         if self.max_prefill_tokens < 1:
             bad(f"--max-prefill-tokens must be >= 1, got {self.max_prefill_tokens}")
+        if self.tp_size < 1:
+            bad(f"--tp-size must be >= 1, got {self.tp_size}")
+        if self.tp_size > 1:
+            bad(
+                f"--tp-size {self.tp_size}: tensor parallelism is not implemented yet; "
+                "run with --tp-size 1 (one rank per server)"
+            )
+        if self.kv_cache_dtype not in KV_CACHE_DTYPES:
+            bad(f"--kv-cache-dtype must be one of {', '.join(KV_CACHE_DTYPES)}, "
+                f"got {self.kv_cache_dtype!r}")
+        if self.schedule_policy not in SCHEDULE_POLICIES:
+            bad(f"--schedule-policy must be one of {', '.join(SCHEDULE_POLICIES)}, "
+                f"got {self.schedule_policy!r}")
+        if self.max_queued_requests is not None and self.max_queued_requests < 1:
+            bad(f"--max-queued-requests must be >= 1, got {self.max_queued_requests}")
+        if self.stream_interval < 1:
+            bad(f"--stream-interval must be >= 1, got {self.stream_interval}")
+        if self.watchdog_timeout <= 0:
+            bad(f"--watchdog-timeout must be > 0 seconds, got {self.watchdog_timeout}")
         if self.disaggregation_mode not in DISAGG_MODES:
             bad(f"--disaggregation-mode must be one of {DISAGG_MODES}")
         if self.disaggregation_transfer_backend not in TRANSFER_BACKENDS:
@@ -121,6 +157,22 @@ class ServerArgs:
         a("--skip-server-warmup", action="store_true")
         a("--trust-remote-code", action="store_true", help="accepted for compatibility")
         a("--revision", default=None)
+        a("--tp-size", "--tensor-parallel-size", type=int, default=1)
+        a("--kv-cache-dtype", default="auto", choices=list(KV_CACHE_DTYPES))
+        a("--schedule-policy", default=d["schedule_policy"].default,
+          choices=list(SCHEDULE_POLICIES))
+        a("--max-queued-requests", type=int, default=None,
+          help="requests waiting beyond this get HTTP 429")
+        a("--stream-interval", type=int, default=1, help="stream every N output tokens")
+        a("--chat-template", default=None, help="a Jinja template file, or a template name")
+        a("--api-key", default=None, help="require 'Authorization: Bearer KEY' (not on /health)")
+        a("--enable-metrics", action="store_true", help="serve Prometheus metrics on /metrics")
+        a("--watchdog-timeout", type=float, default=d["watchdog_timeout"].default,
+          help="a scheduler step longer than this dumps its stack and exits")
+        a("--log-requests", action="store_true")
+        a("--log-requests-level", type=int, default=2, choices=[0, 1, 2, 3])
+        a("--enable-cache-report", action="store_true",
+          help="report cached_tokens in the OpenAI usage")
         a("--disaggregation-mode", default="null", choices=list(DISAGG_MODES))
         a(
             "--disaggregation-transfer-backend",
