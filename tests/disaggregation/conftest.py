@@ -1,13 +1,19 @@
-"""Shared by the PD end-to-end tests: one unified (non-PD) server as the reference."""
+"""Shared by the PD end-to-end tests: one unified (non-PD) server as the reference, and one
+1 prefill + 1 decode cluster behind mini_lb per transfer backend, launched on first use and kept
+for the session (launching servers is most of the suite's time).
+
+A test that kills, blocks or reconfigures a server launches its own instead."""
 
 from __future__ import annotations
 
 import pytest
 
-from sglang.test.server_utils import launch_server
+from sglang.test.server_utils import launch_pd_cluster, launch_server
 
 REFERENCE_ARGS = ["--chunked-prefill-size", "32", "--page-size", "4", "--max-total-tokens",
                   "4096", "--context-length", "1024"]
+# The shared clusters run with the reference server's arguments.
+PD_ARGS = REFERENCE_ARGS
 
 
 @pytest.fixture(scope="session")
@@ -16,3 +22,19 @@ def unified(tiny_model, log_dir):
     proc = launch_server(tiny_model, log_dir, "reference", REFERENCE_ARGS)
     yield proc.url
     proc.stop()
+
+
+@pytest.fixture(scope="session")
+def pd_clusters(tiny_model, log_dir):
+    """``pd_clusters(backend)``: the session's 1P1D cluster (``PDCluster``) on that backend."""
+    clusters = {}
+
+    def get(backend: str):
+        if backend not in clusters:
+            clusters[backend] = launch_pd_cluster(tiny_model, f"{log_dir}/pd-{backend}",
+                                                  backend=backend, args=PD_ARGS)
+        return clusters[backend]
+
+    yield get
+    for c in clusters.values():
+        c.stop()

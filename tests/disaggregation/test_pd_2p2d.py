@@ -5,15 +5,13 @@ from __future__ import annotations
 import requests
 
 from pool_checks import assert_pool_whole
-from sglang.test.server_utils import launch_pd_cluster, launch_server
+from sglang.test.server_utils import launch_pd_cluster
 from test_pd_e2e import GREEDY, SERVER_ARGS, STORY, gen
 
 
-def test_two_prefill_two_decode(tiny_model, log_dir):
+def test_two_prefill_two_decode(tiny_model, log_dir, unified):
     c = launch_pd_cluster(tiny_model, f"{log_dir}/2p2d", backend="mooncake",
                           num_prefill=2, num_decode=2, args=SERVER_ARGS)
-    ref = launch_server(tiny_model, log_dir, "reference-2p2d", SERVER_ARGS)
-    unified = ref.url
     try:
         prompts = [f"{STORY}Story number {i}:" for i in range(8)]
         refs = gen(unified, text=prompts, sampling_params=GREEDY)
@@ -29,4 +27,3 @@ def test_two_prefill_two_decode(tiny_model, log_dir):
             assert_pool_whole(p.url)
     finally:
         c.stop()
-        ref.stop()

@@ -13,8 +13,8 @@ import pytest
 import requests
 
 from pool_checks import assert_pool_whole
-from sglang.test.server_utils import launch_pd_cluster
 
+# the same as conftest.py's shared clusters and reference server
 SERVER_ARGS = ["--chunked-prefill-size", "32", "--page-size", "4", "--max-total-tokens", "4096",
                "--context-length", "1024"]
 STORY = ("The river ran past the old mill, and the children who lived in the village liked to "
@@ -27,15 +27,12 @@ PROMPTS = [
     "Hello",
 ]
 GREEDY = {"temperature": 0, "max_new_tokens": 24}
-# the reference server, ``unified``, comes from conftest.py
+# the reference server ``unified`` and the clusters come from conftest.py
 
 
 @pytest.fixture(scope="module", params=["mooncake", "nixl"])
-def cluster(request, tiny_model, log_dir):
-    c = launch_pd_cluster(tiny_model, f"{log_dir}/{request.param}", backend=request.param,
-                          args=SERVER_ARGS)
-    yield c
-    c.stop()
+def cluster(request, pd_clusters):
+    return pd_clusters(request.param)
 
 
 @pytest.fixture(autouse=True)

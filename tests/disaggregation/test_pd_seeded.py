@@ -15,29 +15,16 @@ import pytest
 import requests
 
 from pool_checks import assert_pool_whole
-from sglang.test.server_utils import launch_pd_cluster, launch_server
 from sglang.tools.model_factory.corpus import TINY_CHAT_PROMPT, TINY_PROMPTS
 
-SERVER_ARGS = ["--chunked-prefill-size", "32", "--page-size", "4", "--max-total-tokens", "4096",
-               "--context-length", "1024"]
 SAMPLED = {"temperature": 0.8, "top_p": 0.9, "max_new_tokens": 20}
 # Prompts unlike the corpus: small top-1 margins, so the seed decides most tokens.
 SALAD = ["Hello", "The baker", "In the morning", "Goodbye"]
 
 
-@pytest.fixture(scope="module")
-def unified(tiny_model, log_dir):
-    proc = launch_server(tiny_model, log_dir, "seeded-reference", SERVER_ARGS)
-    yield proc.url
-    proc.stop()
-
-
 @pytest.fixture(scope="module", params=["mooncake", "nixl"])
-def cluster(request, tiny_model, log_dir):
-    c = launch_pd_cluster(tiny_model, f"{log_dir}/seeded-{request.param}",
-                          backend=request.param, args=SERVER_ARGS)
-    yield c
-    c.stop()
+def cluster(request, pd_clusters):
+    return pd_clusters(request.param)  # shared with the other PD tests (conftest.py)
 
 
 @pytest.fixture(autouse=True)
