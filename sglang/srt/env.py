@@ -86,6 +86,18 @@ class _Env:
     def test_failure_prob(self) -> float:
         return _float("SGLANG_TEST_DISAGG_FAILURE_PROB", 0.0)
 
+    # HTTP server health (names and defaults as in SGLang)
+    @property
+    def health_check_timeout(self) -> float:
+        """/health: seconds the scheduler gets to answer before the server reports 503."""
+        return max(0.1, _float("SGLANG_HEALTH_CHECK_TIMEOUT", 20.0))
+
+    @property
+    def test_block_scheduler_rid(self) -> str:
+        """Test only: the scheduler hangs in the forward step of the request with this rid (so
+        a test can see /health go 503 and the --watchdog-timeout fire)."""
+        return os.environ.get("SGLANG_TEST_BLOCK_SCHEDULER_RID", "")
+
     # engine
     @property
     def num_threads(self) -> int:
