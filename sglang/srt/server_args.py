@@ -110,6 +110,10 @@ class ServerArgs:
             bad(f"--max-queued-requests must be >= 1, got {self.max_queued_requests}")
         if self.stream_interval < 1:
             bad(f"--stream-interval must be >= 1, got {self.stream_interval}")
+        if self.chat_template is not None:
+            from sglang.srt.chat_templates import load_chat_template
+
+            load_chat_template(self.chat_template)  # raises ValueError naming the value
         if self.watchdog_timeout <= 0:
             bad(f"--watchdog-timeout must be > 0 seconds, got {self.watchdog_timeout}")
         if self.disaggregation_mode not in DISAGG_MODES:
@@ -191,8 +195,13 @@ class ServerArgs:
 
 
 def prepare_server_args(argv: list[str]) -> ServerArgs:
+    from sglang.srt.unsupported_flags import refused_flag
+
     parser = argparse.ArgumentParser(prog="python -m sglang.launch_server")
     ServerArgs.add_cli_args(parser)
+    refused = refused_flag(argv)
+    if refused:
+        parser.error(refused)  # exit code 2
     args = parser.parse_args(argv)
     try:
         return ServerArgs.from_cli_args(args)
