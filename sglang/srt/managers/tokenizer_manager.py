@@ -23,6 +23,8 @@ from sglang.srt.managers.io_struct import (
     RpcReq,
     TokenizedGenerateReqInput,
 )
+from sglang.srt.managers.request_logger import RequestLogger
+from sglang.srt.managers.scheduler_watch import SchedulerWatch
 from sglang.srt.server_args import ServerArgs
 
 logger = logging.getLogger(__name__)
@@ -39,7 +41,7 @@ class _ReqState:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-class TokenizerManager:
+class TokenizerManager(SchedulerWatch):
     def __init__(self, args: ServerArgs, scheduler_info: dict[str, Any], recv_addr: str,
                  send_addr: str):
         from transformers import AutoTokenizer
@@ -48,6 +50,10 @@ class TokenizerManager:
         self.model_path = args.model_path
         self.served_model_name = args.served_model_name
         self.tokenizer = AutoTokenizer.from_pretrained(args.tokenizer_path)
+        if args.chat_template:  # the OpenAI chat route renders with the tokenizer's template
+            from sglang.srt.chat_templates import load_chat_template
+
+            self.tokenizer.chat_template = load_chat_template(args.chat_template)
         self.scheduler_info = scheduler_info
         self.context_length: int = scheduler_info["context_length"]
         self.max_total_num_tokens: int = scheduler_info["max_total_num_tokens"]
@@ -57,6 +63,10 @@ class TokenizerManager:
         self._rpc_ids = itertools.count(1)
         self._loop_task: Optional[asyncio.Task] = None
         self.last_receive = time.time()
+        self.request_logger = RequestLogger(args.log_requests, args.log_requests_level)
+        # set when the scheduler process is gone: every request then fails with this message
+        self.scheduler_dead: Optional[str] = None
+        self._watch_task: Optional[asyncio.Task] = None
 
     # ---- plumbing ----------------------------------------------------------------------
     def _ensure_loop(self) -> None:
@@ -84,13 +94,18 @@ class TokenizerManager:
                 if fut is not None and not fut.done():
                     fut.set_result(msg)
 
-    async def rpc(self, method: str, **args: Any) -> Any:
+    async def rpc(self, method: str, timeout: float = 30, **args: Any) -> Any:
         self._ensure_loop()
+        if self.scheduler_dead:
+            raise RuntimeError(self.scheduler_dead)
         rpc_id = next(self._rpc_ids)
         fut = asyncio.get_running_loop().create_future()
         self._rpc[rpc_id] = fut
         await self._send.send_pyobj(RpcReq(rpc_id, method, args))
-        out: RpcOut = await asyncio.wait_for(fut, timeout=30)
+        try:
+            out: RpcOut = await asyncio.wait_for(fut, timeout=timeout)
+        finally:
+            self._rpc.pop(rpc_id, None)
         if out.error:
             raise RuntimeError(out.error)
         return out.result
@@ -138,9 +153,16 @@ class TokenizerManager:
             top_logprobs_num=obj.top_logprobs_num,
             stream=obj.stream,
             bootstrap_host=obj.bootstrap_host,
-            bootstrap_port=obj.bootstrap_port,
+            bootstrap_port=self._bootstrap_port(obj),
             bootstrap_room=obj.bootstrap_room,
         )
+
+    def _bootstrap_port(self, obj: GenerateReqInput) -> Optional[int]:
+        """As SGLang: a decode request without bootstrap_port uses this server's own
+        --disaggregation-bootstrap-port."""
+        if obj.bootstrap_port is None and self.server_args.disaggregation_mode == "decode":
+            return self.server_args.disaggregation_bootstrap_port
+        return obj.bootstrap_port
 
     def _check_pd_fields(self, obj: GenerateReqInput) -> None:
         mode = self.server_args.disaggregation_mode
@@ -176,7 +198,11 @@ class TokenizerManager:
         )
         state = _ReqState(obj, time.time(), detok)
         self._states[obj.rid] = state
-        await self._send.send_pyobj(tokenized)
+        self.request_logger.received(obj, tokenized.input_ids)
+        if self.scheduler_dead:
+            self._fail(state, self.scheduler_dead)
+        else:
+            await self._send.send_pyobj(tokenized)
         try:
             while True:
                 try:
@@ -192,7 +218,10 @@ class TokenizerManager:
                 for out in outs:
                     self._apply(state, out)
                 if state.finished or obj.stream:
-                    yield self._result(state)
+                    result = self._result(state)
+                    if state.finished:
+                        self.request_logger.finished(obj.rid, result)
+                    yield result
                 if state.finished:
                     return
         finally:
@@ -242,7 +271,8 @@ class TokenizerManager:
         return {"text": state.detok.text, "output_ids": list(state.detok.ids), "meta_info": meta}
 
     def abort_request(self, rid: str) -> None:
-        if self._loop_task is None:
+        """Abort one request; ``rid=""`` aborts every request (SGLang's abort_all)."""
+        if self._loop_task is None or self.scheduler_dead:
             return
         self._send.send_pyobj(AbortReq(rid), flags=zmq.NOBLOCK)
 
@@ -264,6 +294,8 @@ class TokenizerManager:
         return {
             "model_path": self.model_path,
             "tokenizer_path": self.server_args.tokenizer_path,
+            "preferred_sampling_params": None,
+            "weight_version": "default",
             "served_model_name": self.served_model_name,
             "is_generation": True,
             "context_length": self.context_length,
