@@ -26,9 +26,16 @@ from sglang.srt.managers.io_struct import (
     SchedulerReady,
     TokenizedGenerateReqInput,
 )
+from sglang.srt.managers.admission import (
+    cached_prefix_len,
+    order_longest_prefix_first,
+    queue_full_message,
+    stream_due,
+)
 from sglang.srt.managers.output_processor import OutputProcessor
 from sglang.srt.managers.req import Req
 from sglang.srt.managers.schedule_policy import build_decode, build_extend, plan_extend
+from sglang.srt.managers.watchdog import Watchdog, block_if_test_rid
 from sglang.srt.mem_cache.cache_manager import KVCacheManager
 from sglang.srt.mem_cache.memory_pool import KVPool
 from sglang.srt.model_executor.model_config import ModelConfig
@@ -152,7 +159,12 @@ class Scheduler:
     def handle(self, msg: Any) -> None:
         if isinstance(msg, TokenizedGenerateReqInput):
             req = Req(msg, self.context_len)
-            if self.disagg is not None:
+            refusal = (queue_full_message(self._num_queued(), self.args.max_queued_requests)
+                       if self.args.max_queued_requests else None)
+            if refusal is not None:  # --max-queued-requests: HTTP 429
+                req.abort(refusal, 429)
+                self.outbox.append(self.out.make_output(req))
+            elif self.disagg is not None:
                 self.disagg.add(req)
             else:
                 self.waiting.append(req)
@@ -162,6 +174,13 @@ class Scheduler:
             self.send(self.rpc(msg))
         else:
             logger.error("scheduler got an unknown message %r", type(msg))
+
+    def _num_queued(self) -> int:
+        n = len(self.waiting)
+        if self.disagg is not None:
+            n += sum(v for k, v in self.disagg.info().items()
+                     if k.endswith("_queue") and isinstance(v, int))
+        return n
 
     def rpc(self, msg: RpcReq) -> RpcOut:
         if msg.method == "get_info":
@@ -209,6 +228,7 @@ class Scheduler:
         batch = self._next_batch()
         if batch is None:
             return False
+        block_if_test_rid(batch.reqs)
         logits = self.runner.forward(batch.forward)
         self.forward_ct += 1
         produced = self.out.process(batch, logits)
@@ -229,12 +249,15 @@ class Scheduler:
             else:
                 if req not in self.running:
                     self.running.append(req)
-                if req.stream or req.return_logprob:
+                if (stream_due(req, self.args.stream_interval) if req.stream
+                        else req.return_logprob):
                     self.outbox.append(self.out.make_output(req))
         self.running = [r for r in self.running if not r.finished]
         return True
 
     def _next_batch(self):
+        if self.args.schedule_policy == "lpm":
+            order_longest_prefix_first(self.waiting, cached_prefix_len(self.cache))
         if self.waiting and len(self.running) < self.max_running:
             reserve = len(self.running)  # one page of decode headroom per running request
             reqs, lens = plan_extend(
@@ -268,14 +291,17 @@ class Scheduler:
         poller.register(recv, zmq.POLLIN)
         parent = os.getppid()
         last_parent_check = time.monotonic()
+        watchdog = Watchdog(self.args.watchdog_timeout)
         while True:
             busy = bool(self.running or self.waiting or (self.disagg and self.disagg.busy()))
             timeout = 0 if busy else 50
             while dict(poller.poll(timeout)).get(recv):
                 self.handle(recv.recv_pyobj())
                 timeout = 0
+            watchdog.step_begin()
             ran = self.step()
             self.flush_outbox()
+            watchdog.step_end()
             if not ran and busy:
                 time.sleep(0.001)
             now = time.monotonic()
