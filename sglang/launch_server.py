@@ -1,38 +1,61 @@
-"""python -m sglang.launch_server --model-path M [--port P] [--disaggregation-mode MODE]"""
+"""python -m sglang.launch_server --model-path M [--port P] [--disaggregation-mode MODE]
+
+The HTTP port opens first (/health answers 503 while the model loads and warms up); the engine
+starts in a thread and the routes serve once it is ready. A start-up failure is logged and the
+process exits with code 1.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
+import threading
 
 from sglang.srt.server_args import ServerArgs, prepare_server_args
+
+logger = logging.getLogger("sglang")
 
 
 def launch_server(args: ServerArgs) -> None:
     import uvicorn
 
     from sglang.srt.entrypoints.http_server import create_app
-    from sglang.srt.entrypoints.launcher import install_signal_handlers, launch_engine
+    from sglang.srt.entrypoints.launcher import launch_engine
+    from sglang.srt.entrypoints.server_state import ServerState
 
     logging.basicConfig(
         level=args.log_level.upper(),
         format=f"[%(asctime)s {args.disaggregation_mode}-http] %(levelname)s %(name)s: %(message)s",
     )
-    tm, handle = launch_engine(args)
-    install_signal_handlers(handle)
-    info = tm.scheduler_info
-    logging.getLogger("sglang").info(
-        "serving %s on %s (mode=%s, device=%s, KV pool %d tokens, context %d)",
-        args.served_model_name, args.url, args.disaggregation_mode, info["device"],
-        info["max_total_num_tokens"], info["context_length"],
-    )
+    state = ServerState(args)
+    handles: list = []
+
+    def start_engine() -> None:
+        try:
+            tm, handle = launch_engine(args)
+        except BaseException as e:  # noqa: BLE001 - any start-up failure ends the process
+            logger.error("server failed to start: %s", e)
+            logging.shutdown()
+            os._exit(1)
+        handles.append(handle)  # SIGTERM: uvicorn stops, then the finally below
+        info = tm.scheduler_info
+        state.set_engine(tm, handle.proc)
+        logger.info(
+            "serving %s on %s (mode=%s, device=%s, KV pool %d tokens, context %d)",
+            args.served_model_name, args.url, args.disaggregation_mode, info["device"],
+            info["max_total_num_tokens"], info["context_length"],
+        )
+
+    threading.Thread(target=start_engine, name="engine-start", daemon=True).start()
     try:
         uvicorn.run(
-            create_app(tm), host=args.host, port=args.port, log_level="warning",
+            create_app(state), host=args.host, port=args.port, log_level="warning",
             timeout_keep_alive=5,
         )
     finally:
-        handle.shutdown()
+        for handle in handles:
+            handle.shutdown()
 
 
 if __name__ == "__main__":

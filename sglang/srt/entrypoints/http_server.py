@@ -1,4 +1,8 @@
-"""FastAPI app: SGLang's native routes, the admin routes, and the OpenAI routes."""
+"""FastAPI app: SGLang's native /generate, plus the admin and OpenAI routes, behind the gate.
+
+The admin routes live in admin_routes.py, the OpenAI ones in openai/, the --api-key check and
+the start-up state in server_state.py.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ from sglang.srt.managers.io_struct import (
     GenerateReqInput,
     TokenizedGenerateReqInput,
 )
+from sglang.srt.entrypoints.server_state import GateMiddleware, LateTM, ServerState
 from sglang.srt.managers.tokenizer_manager import TokenizerManager
 
 logger = logging.getLogger(__name__)
@@ -25,6 +30,7 @@ try:  # orjson is optional
     _JSON = ORJSONResponse
 except ImportError:  # pragma: no cover
     _JSON = JSONResponse
+JSON = _JSON
 
 
 def error_response(message: str, status: int = 400) -> JSONResponse:
@@ -48,53 +54,29 @@ def _abort_status(out: dict[str, Any]) -> int | None:
     return reason.get("status_code", 500) if reason.get("type") == "abort" else None
 
 
-def create_app(tm: TokenizerManager) -> FastAPI:
+def create_app(tm_or_state: "TokenizerManager | ServerState") -> FastAPI:
+    """The app for a ready TokenizerManager, or for a :class:`ServerState` whose engine is
+    still starting (its routes answer 503 until ``state.set_engine`` is called)."""
+    if isinstance(tm_or_state, ServerState):
+        state = tm_or_state
+    else:
+        state = ServerState(tm_or_state.server_args, tm_or_state)
+    tm: Any = LateTM(state)
     app = FastAPI()
     app.state.tm = tm
+    app.state.server_state = state
+    app.add_middleware(GateMiddleware, state=state)
+    from sglang.srt.entrypoints.openai.protocol import CACHE_REPORT
+
+    CACHE_REPORT["enabled"] = state.args.enable_cache_report
 
     @app.exception_handler(BadRequestError)
     async def _bad_request(request: Request, exc: BadRequestError):  # noqa: ARG001
         return error_response(str(exc), 400)
 
-    @app.get("/health")
-    async def health() -> Response:
-        return Response(status_code=200)
+    from sglang.srt.entrypoints.admin_routes import register_admin_routes
 
-    @app.get("/health_generate")
-    async def health_generate() -> Response:
-        if tm.server_args.disaggregation_mode != "null":
-            # A PD server cannot run a request alone: check that the scheduler answers.
-            await tm.rpc("get_info")
-            return Response(status_code=200)
-        obj = GenerateReqInput(input_ids=[0], sampling_params={"max_new_tokens": 1}).normalize()[0]
-        async for _ in tm.generate_request(obj, None):
-            pass
-        return Response(status_code=200)
-
-    @app.get("/get_model_info")
-    async def get_model_info() -> Any:
-        return tm.model_info()
-
-    @app.get("/get_server_info")
-    async def get_server_info() -> Any:
-        return _JSON(await tm.get_server_info())
-
-    @app.api_route("/flush_cache", methods=["GET", "POST"])
-    async def flush_cache() -> Response:
-        ok = await tm.flush_cache()
-        return Response(
-            "Cache flushed.\n" if ok else "Cache not flushed: requests are running.\n",
-            status_code=200 if ok else 400,
-        )
-
-    @app.post("/abort_request")
-    async def abort_request(request: Request) -> Response:
-        body = await read_json(request)
-        rid = body.get("rid") if isinstance(body, dict) else None
-        if not isinstance(rid, str):
-            raise BadRequestError("abort_request needs {'rid': str}")
-        tm.abort_request(rid)
-        return Response(status_code=200)
+    register_admin_routes(app, tm, state)
 
     @app.api_route("/generate", methods=["POST", "PUT"])
     async def generate(request: Request) -> Response:
@@ -103,8 +85,17 @@ def create_app(tm: TokenizerManager) -> FastAPI:
         # Tokenized here, once, so that a bad request is a 400 before a stream starts.
         jobs = [(it, tm.validate(it)) for it in items]
         if obj.stream:
+            started = None
+            if not obj.is_batch:  # wait for the first output, so a refusal is an HTTP error
+                agen = tm.generate_request(jobs[0][0], request, tokenized=jobs[0][1])
+                first = await agen.__anext__()
+                status = _abort_status(first)
+                if status is not None:
+                    await agen.aclose()
+                    return error_response(first["meta_info"]["finish_reason"]["message"], status)
+                started = [(first, agen)]
             return StreamingResponse(
-                _stream(tm, jobs, request, obj.is_batch), media_type="text/event-stream"
+                _stream(tm, jobs, request, obj.is_batch, started), media_type="text/event-stream"
             )
         if not obj.is_batch:
             out = await _collect(tm, jobs[0], request)
@@ -135,15 +126,26 @@ async def _collect(tm: TokenizerManager, job: Job, request: Request) -> dict:
     return out
 
 
+async def _started(first: dict, agen: Any) -> AsyncIterator[dict]:
+    yield first
+    async for out in agen:
+        yield out
+
+
 async def _stream(
-    tm: TokenizerManager, jobs: list[Job], request: Request, batch: bool
+    tm: TokenizerManager, jobs: list[Job], request: Request, batch: bool,
+    started: Any = None,
 ) -> AsyncIterator[bytes]:
-    """SGLang's format: each chunk holds the cumulative text, which only grows by appending."""
+    """SGLang's format: each chunk holds the cumulative text, which only grows by appending.
+
+    ``started``: (first output, generator) of a single request already under way."""
     queue: asyncio.Queue = asyncio.Queue()
 
     async def pump(i: int, job: Job) -> None:
+        gen = (_started(*started[i]) if started
+               else tm.generate_request(job[0], request, tokenized=job[1]))
         try:
-            async for out in tm.generate_request(job[0], request, tokenized=job[1]):
+            async for out in gen:
                 if batch:
                     out["index"] = i
                 await queue.put(out)

@@ -16,7 +16,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from sglang.srt.managers.io_struct import BadRequestError
 
-_STATUS_TYPES = {400: "BadRequestError", 404: "NotFoundError", 503: "ServiceUnavailableError"}
+_STATUS_TYPES = {
+    400: "BadRequestError", 401: "AuthenticationError", 404: "NotFoundError",
+    429: "RateLimitError", 503: "ServiceUnavailableError",
+}
+# --enable-cache-report: usage carries prompt_tokens_details.cached_tokens (set by create_app)
+CACHE_REPORT = {"enabled": False}
 
 
 def error_body(message: str, status_code: int = 400) -> dict[str, Any]:
@@ -201,7 +206,7 @@ def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) ->
         "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
     }
-    if cached_tokens:
+    if CACHE_REPORT["enabled"]:
         out["prompt_tokens_details"] = {"cached_tokens": cached_tokens}
     return out
 
