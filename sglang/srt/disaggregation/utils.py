@@ -17,6 +17,7 @@ FAKE_BOOTSTRAP_HOST = "2.2.2.2"
 
 class TransferBackend(str, Enum):
     MOONCAKE = "mooncake"
+    MOONCAKE_TCP = "mooncake_tcp"  # Mooncake forced onto TCP even where RDMA is present
     NIXL = "nixl"
     FAKE = "fake"
 
@@ -41,11 +42,12 @@ def get_kv_class(
         from sglang.srt.disaggregation.base.conn import KVArgs
 
         return KVArgs
-    if backend == TransferBackend.MOONCAKE:
+    if backend in (TransferBackend.MOONCAKE, TransferBackend.MOONCAKE_TCP):
         from sglang.srt.disaggregation.mooncake import conn as m
 
+        tcp = backend == TransferBackend.MOONCAKE_TCP
         classes = {
-            KVClassType.MANAGER: m.MooncakeKVManager,
+            KVClassType.MANAGER: m.MooncakeTcpKVManager if tcp else m.MooncakeKVManager,
             KVClassType.SENDER: m.MooncakeKVSender,
             KVClassType.RECEIVER: m.MooncakeKVReceiver,
             KVClassType.BOOTSTRAP_SERVER: m.MooncakeKVBootstrapServer,

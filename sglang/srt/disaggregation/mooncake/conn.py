@@ -15,10 +15,11 @@ from sglang.srt.env import envs
 
 class MooncakeKVManager(CommonKVManager):
     backend_name = "mooncake"
+    force_tcp = False
 
     def _init_engine(self) -> None:
         a = self.args
-        self.engine = MooncakeTransferEngine(a.local_host, a.ib_device)
+        self.engine = MooncakeTransferEngine(a.local_host, a.ib_device, self.force_tcp)
         self.engine.register(
             list(a.kv_data_ptrs) + list(a.aux_data_ptrs),
             list(a.kv_data_lens) + list(a.aux_data_lens),
@@ -59,6 +60,13 @@ class MooncakeKVManager(CommonKVManager):
     def _shutdown_engine(self) -> None:
         self.engine.close()
 
+
+
+class MooncakeTcpKVManager(MooncakeKVManager):
+    """--disaggregation-transfer-backend mooncake_tcp: Mooncake on its TCP transport even where
+    an RDMA NIC is present (peers see the backend "mooncake", protocol "tcp")."""
+
+    force_tcp = True
 
 class MooncakeKVSender(CommonKVSender):
     pass

@@ -20,8 +20,11 @@ _logged_choice = False
 _log_lock = threading.Lock()
 
 
-def pick_protocol(ib_device: Optional[str]) -> tuple[str, str, str]:
-    """(protocol, device list, why): RDMA when a NIC is named or present, else TCP."""
+def pick_protocol(ib_device: Optional[str], force_tcp: bool = False) -> tuple[str, str, str]:
+    """(protocol, device list, why): TCP when forced (the mooncake_tcp backend), else RDMA when
+    a NIC is named or present, else TCP."""
+    if force_tcp:
+        return "tcp", "", "--disaggregation-transfer-backend mooncake_tcp"
     if ib_device:
         return "rdma", ib_device, f"--disaggregation-ib-device {ib_device}"
     try:
@@ -50,9 +53,9 @@ def _import_engine() -> type:
 
 
 class MooncakeTransferEngine:
-    def __init__(self, host: str, ib_device: Optional[str]):
+    def __init__(self, host: str, ib_device: Optional[str], force_tcp: bool = False):
         global _logged_choice
-        self.protocol, self.device, why = pick_protocol(ib_device)
+        self.protocol, self.device, why = pick_protocol(ib_device, force_tcp)
         with _log_lock:
             if not _logged_choice:
                 _logged_choice = True
