@@ -60,7 +60,10 @@ class DecodeQueues(DisaggQueuesBase):
         self.released = {"ack": 0, "timeout": 0}
 
     def add(self, req: "Req") -> None:
-        req.input_logprobs_sent = True  # input logprobs come from the prefill server
+        # The prompt's logits are on the prefill server: with return_logprob the decode answers
+        # input_token_logprobs / input_top_logprobs as empty lists, as SGLang's decode does,
+        # and the balancer (mini_lb, sglang-router) prepends the prefill's values
+        # (sglang-router merges only into a key the decode's response already has).
         req.disagg = create_kv_receiver(self.mgr, self.backend, req.bootstrap_host,
                                         req.bootstrap_port, req.bootstrap_room)
         self.prealloc.append(req)
