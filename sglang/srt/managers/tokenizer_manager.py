@@ -285,6 +285,8 @@ class TokenizerManager(SchedulerWatch):
             "num_inflight_http_reqs": len(self._states),
             "version": "0.1.0",
         }
+        if info.get("api_key"):
+            info["api_key"] = "<set>"  # never echo the key
         return info
 
     async def flush_cache(self) -> bool:
