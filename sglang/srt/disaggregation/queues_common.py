@@ -42,7 +42,7 @@ class DisaggQueuesBase:
             aux_data_lens=aux_lens,
             aux_item_lens=aux_item_lens,
             page_size=pool.page_size,
-            kv_dtype=str(pool.dtype),
+            kv_dtype=pool.dtype_name,  # --kv-cache-dtype's spelling: fp8_e4m3, bfloat16
             model_shape={
                 "num_layers": pool.layout.num_layers,
                 "num_kv_heads": pool.layout.num_kv_heads,

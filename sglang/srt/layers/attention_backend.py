@@ -4,7 +4,10 @@ Every layer first writes the new tokens' K/V into the pool at ``out_cache_loc``,
 over each request's ``kv_indices``. Decode in bf16 on CPU reads the pages in place with the C
 kernel of ``cpu_kernels``; otherwise SDPA runs on gathered (or mirrored) K/V. What is derived
 from the batch (padded decode indices, masks, per-request slices) is built once per forward pass
-and kept in ``fb.attn_cache``.
+and kept in ``fb.attn_cache``. A pool that stores another dtype than the model computes in
+(``--kv-cache-dtype``, e.g. fp8) is written and read through a ``KVCodec``: values are cast on
+store and widened to the compute dtype on every read (the new tokens of an EXTEND attend to
+their own unrounded K/V, as SGLang's kernels do).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from torch.nn.utils.rnn import pad_sequence
 
 from sglang.srt.layers import cpu_kernels
 from sglang.srt.layers.decode_kv_mirror import DecodeKVMirror
+from sglang.srt.mem_cache.kv_dtype import KVCodec
 from sglang.srt.mem_cache.memory_pool import KVPool
 from sglang.srt.model_executor.forward_batch import ForwardBatch, ForwardMode
 
@@ -63,8 +67,10 @@ class TorchAttnBackend:
         self._v: list[torch.Tensor] = []
         self.mirror: Optional[DecodeKVMirror] = None
         self.kernel: Optional[cpu_kernels.CpuKernels] = None
+        self.codec: Optional[KVCodec] = None
 
-    def set_kv_pool(self, pool: KVPool) -> None:
+    def set_kv_pool(self, pool: KVPool, compute_dtype: Optional[torch.dtype] = None) -> None:
+        """``compute_dtype``: the model's (default: the pool's storage dtype)."""
         lay = pool.layout
         if (lay.num_kv_heads, lay.head_dim) != (self.num_kv_heads, self.head_dim):
             raise ValueError(
@@ -72,17 +78,25 @@ class TorchAttnBackend:
                 f"{self.num_kv_heads} x {self.head_dim}"
             )
         self.pool = pool
-        # 2-D views [slots, kv_heads * head_dim]: row gathers/scatters are much faster on them.
-        self._k = [pool.k_buffer(i).view(pool.size, -1) for i in range(pool.num_layers)]
-        self._v = [pool.v_buffer(i).view(pool.size, -1) for i in range(pool.num_layers)]
+        codec = self.codec = KVCodec(pool.dtype, compute_dtype or pool.dtype)
+        # 2-D views [slots, kv_heads * head_dim]: row gathers/scatters are much faster on them
+        # (uint8 views of an fp8 pool: torch's CPU index ops take no float8).
+        self._k = [codec.view(pool.k_buffer(i).view(pool.size, -1)) for i in range(pool.num_layers)]
+        self._v = [codec.view(pool.v_buffer(i).view(pool.size, -1)) for i in range(pool.num_layers)]
         self.mirror = None
         # bf16 on CPU: decode attention reads the pool in place (no gather, no mirror).
         self.kernel = None
-        if self.group <= cpu_kernels.MAX_GROUP and self.head_dim <= cpu_kernels.MAX_HEAD_DIM:
+        if (
+            codec.identity
+            and self.group <= cpu_kernels.MAX_GROUP
+            and self.head_dim <= cpu_kernels.MAX_HEAD_DIM
+        ):
             self.kernel = cpu_kernels.usable(self._k[0])
         if pool.device.type == "cpu" and self.kernel is None:
             budget = min(2 << 30, max(512 << 20, pool.total_bytes() // 4))
-            self.mirror = DecodeKVMirror(self._k, self._v, lay.num_kv_heads, lay.head_dim, budget)
+            self.mirror = DecodeKVMirror(
+                self._k, self._v, lay.num_kv_heads, lay.head_dim, budget, codec
+            )
 
     # ---- per-forward metadata ----------------------------------------------------------------
     def _decode_meta(self, fb: ForwardBatch, device: torch.device, dtype) -> _DecodeMeta:
@@ -143,7 +157,7 @@ class TorchAttnBackend:
         kbuf, vbuf = self._k[layer], self._v[layer]
         if fb.mode == ForwardMode.DECODE:
             meta = self._decode_meta(fb, q.device, q.dtype)
-            self._store(kbuf, vbuf, meta.loc, k, v)
+            k, v = self._store(kbuf, vbuf, meta.loc, k, v)
             if self.kernel is not None:
                 return self.kernel.decode_attention(
                     q, kbuf, vbuf, meta.idx, meta.lens, self.num_heads, self.num_kv_heads,
@@ -160,21 +174,22 @@ class TorchAttnBackend:
         self._store(kbuf, vbuf, meta.loc, k, v)
         return self._extend(q, k, v, kbuf, vbuf, meta)
 
-    def _store(self, kbuf: torch.Tensor, vbuf: torch.Tensor, loc: torch.Tensor, k, v) -> None:
+    def _store(self, kbuf: torch.Tensor, vbuf: torch.Tensor, loc: torch.Tensor, k, v):
+        """Writes K/V into the pool; returns them as stored (in the pool view's dtype)."""
         if self.kernel is not None and k.dtype == kbuf.dtype:
             self.kernel.store_kv(kbuf, vbuf, loc, k, v)
-            return
-        if k.dtype != kbuf.dtype:
-            k, v = k.to(kbuf.dtype), v.to(vbuf.dtype)
+            return k, v
+        k, v = self.codec.encode(k), self.codec.encode(v)
         kbuf.index_copy_(0, loc, k)
         vbuf.index_copy_(0, loc, v)
+        return k, v
 
     def _gather(self, kbuf, vbuf, meta: _DecodeMeta) -> tuple[torch.Tensor, torch.Tensor]:
         b, kvh, d = meta.loc.shape[0], self.num_kv_heads, self.head_dim
         torch.index_select(kbuf, 0, meta.idx.view(-1), out=meta.k_buf)
         torch.index_select(vbuf, 0, meta.idx.view(-1), out=meta.v_buf)
-        k = meta.k_buf.view(b, meta.max_len, kvh, d).transpose(1, 2)
-        v = meta.v_buf.view(b, meta.max_len, kvh, d).transpose(1, 2)
+        k = self.codec.decode(meta.k_buf).view(b, meta.max_len, kvh, d).transpose(1, 2)
+        v = self.codec.decode(meta.v_buf).view(b, meta.max_len, kvh, d).transpose(1, 2)
         return k, v
 
     def _decode(self, q: torch.Tensor, k, v, meta: _DecodeMeta) -> torch.Tensor:
@@ -206,8 +221,10 @@ class TorchAttnBackend:
                 vi = v[s.start : end].view(c, n, kvh, d).transpose(1, 2)
             else:
                 seq_len = s.kv_idx.shape[0]
-                ki = kbuf.index_select(0, s.kv_idx).view(1, seq_len, kvh, d).transpose(1, 2)
-                vi = vbuf.index_select(0, s.kv_idx).view(1, seq_len, kvh, d).transpose(1, 2)
+                ki = self.codec.decode(kbuf.index_select(0, s.kv_idx))
+                vi = self.codec.decode(vbuf.index_select(0, s.kv_idx))
+                ki = ki.view(1, seq_len, kvh, d).transpose(1, 2)
+                vi = vi.view(1, seq_len, kvh, d).transpose(1, 2)
                 if ki.dtype != qi.dtype:
                     ki, vi = ki.to(qi.dtype), vi.to(qi.dtype)
             o = F.scaled_dot_product_attention(

@@ -7,6 +7,8 @@ the new token, and rows that changed (a new request, a reshuffled batch) are re-
 pool. Row ``i`` counts as continued when its slots are the previous step's row ``i`` slots plus one,
 and its last cached K of the last layer still matches the pool (a guard against slot reuse).
 Any EXTEND pass drops the whole mirror. CPU only (the scheduler's memory, not the GPU's).
+The mirror holds the compute dtype: rows of a pool that stores another (fp8) are widened once,
+when they enter it, through the pool's ``KVCodec``.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+
+from sglang.srt.mem_cache.kv_dtype import KVCodec
 
 
 def _round_up(x: int, m: int) -> int:
@@ -28,8 +32,12 @@ class DecodeKVMirror:
         num_kv_heads: int,
         head_dim: int,
         max_bytes: int,
+        codec: Optional[KVCodec] = None,
     ):
-        self.pool_k, self.pool_v = pool_k, pool_v  # per layer [slots, kv_heads * head_dim]
+        # per layer [slots, kv_heads * head_dim], in the codec's view dtype
+        self.pool_k, self.pool_v = pool_k, pool_v
+        self.codec = codec or KVCodec(pool_k[0].dtype, pool_k[0].dtype)
+        self.dtype = self.codec.compute_dtype
         self.kvh, self.d = num_kv_heads, head_dim
         self.max_bytes = max_bytes
         self.k: list[torch.Tensor] = []  # per layer [rows_cap, kv_heads, len_cap, head_dim]
@@ -48,7 +56,8 @@ class DecodeKVMirror:
             return True
         new_rows, new_len = max(rows_cap, _round_up(b, 8)), max(len_cap, _round_up(seq + 32, 128))
         ref = self.pool_k[0]
-        nbytes = 2 * len(self.pool_k) * new_rows * new_len * self.kvh * self.d * ref.element_size()
+        elem = torch.empty((), dtype=self.dtype).element_size()
+        nbytes = 2 * len(self.pool_k) * new_rows * new_len * self.kvh * self.d * elem
         if nbytes > self.max_bytes:
             self.k, self.v, self.prev = [], [], None
             return False
@@ -56,7 +65,7 @@ class DecodeKVMirror:
         # zeros, not empty: masked-out positions still enter softmax(.) @ V as 0 * value.
         for lst in (self.k, self.v):
             for i in range(len(self.pool_k)):
-                new = torch.zeros(shape, dtype=ref.dtype, device=ref.device)
+                new = torch.zeros(shape, dtype=self.dtype, device=ref.device)
                 if i < len(lst):
                     new[:rows_cap, :, :len_cap] = lst[i]
                     lst[i] = new
@@ -83,7 +92,7 @@ class DecodeKVMirror:
             last = (p_lens[:n] - 1).clamp(min=0)
             slot = p_idx[:n].gather(1, last[:, None]).squeeze(1)
             cached = self.k[-1][torch.arange(n, device=idx.device), :, last].flatten(1)
-            same &= (cached == self.pool_k[-1][slot]).all(dim=1)
+            same &= (cached == self.codec.decode(self.pool_k[-1][slot])).all(dim=1)
             valid[:n] = same
         bad = (~valid).nonzero().squeeze(1)
         self._bad = bad if bad.numel() else None
@@ -95,16 +104,17 @@ class DecodeKVMirror:
         return True
 
     def update(self, layer: int, k_new: torch.Tensor, v_new: torch.Tensor):
-        """Append this step's K/V [B, kv_heads * head_dim] (already in the pool), re-gather the
-        rows that changed; returns K, V views [B, kv_heads, L, head_dim]."""
+        """Append this step's K/V [B, kv_heads * head_dim] as stored in the pool (the pool view's
+        dtype), re-gather the rows that changed; returns K, V views [B, kv_heads, L, head_dim]."""
         b, seq, kvh, d = self._b, self._l, self.kvh, self.d
         mk, mv = self.k[layer], self.v[layer]
-        mk[self._rows, :, self._pos] = k_new.reshape(b, kvh, d).to(mk.dtype)
-        mv[self._rows, :, self._pos] = v_new.reshape(b, kvh, d).to(mv.dtype)
+        dec = self.codec.decode
+        mk[self._rows, :, self._pos] = dec(k_new).reshape(b, kvh, d).to(mk.dtype)
+        mv[self._rows, :, self._pos] = dec(v_new).reshape(b, kvh, d).to(mv.dtype)
         if self._bad is not None:
             nb = self._bad.shape[0]
-            gk = self.pool_k[layer].index_select(0, self._bad_idx).view(nb, seq, kvh, d)
-            gv = self.pool_v[layer].index_select(0, self._bad_idx).view(nb, seq, kvh, d)
+            gk = dec(self.pool_k[layer].index_select(0, self._bad_idx)).view(nb, seq, kvh, d)
+            gv = dec(self.pool_v[layer].index_select(0, self._bad_idx)).view(nb, seq, kvh, d)
             mk[:, :, :seq][self._bad] = gk.transpose(1, 2)
             mv[:, :, :seq][self._bad] = gv.transpose(1, 2)
         if layer == len(self.pool_k) - 1:

@@ -73,7 +73,7 @@ class Scheduler:
             self.model_config, self.device, args.base_gpu_id, args.load_format, args.random_seed
         )
         self.context_len = self.model_config.context_length
-        layout = self.runner.kv_layout(args.page_size)
+        layout = self.runner.kv_layout(args.page_size, args.kv_cache_dtype)
         self.pool = KVPool(layout, self._pool_pages(layout.bytes_per_token), self.device)
         self.runner.set_kv_pool(self.pool)
         self.max_running = args.max_running_requests or 128
@@ -146,6 +146,7 @@ class Scheduler:
             "device": self.device,
             "dtype": str(mc.torch_dtype),
             "kv_bytes_per_token": self.pool.layout.bytes_per_token,
+            "kv_cache_storage_dtype": self.pool.dtype_name,
             "eos_token_ids": sorted(mc.eos_token_ids),
             "vocab_size": mc.vocab_size,
             "architecture": mc.architecture,

@@ -4,6 +4,8 @@ Layout: ``buffer[kv, layer, page, token_in_page, kv_head, head_dim]`` with ``kv`
 for V. A token's slot is ``page * page_size + token_in_page``. One page of one layer's K (or V) is
 contiguous (``item_len`` bytes), and consecutive pages are adjacent, so a run of consecutive pages
 moves as one block.
+The storage dtype may be narrower than the model's (``--kv-cache-dtype``, see ``kv_dtype``):
+the transfer engine moves the stored bytes, so ``item_len`` counts storage bytes.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
+from sglang.srt.mem_cache.kv_dtype import KVCodec, kv_dtype_name
 
 
 @dataclass(frozen=True)
@@ -55,10 +59,22 @@ class KVPool:
     def v_buffer(self, layer: int) -> torch.Tensor:
         return self._v[layer]
 
+    @property
+    def dtype_name(self) -> str:
+        """The storage dtype as ``--kv-cache-dtype`` spells it (``fp8_e4m3``, ``bfloat16``)."""
+        return kv_dtype_name(self.dtype)
+
     def set_kv(self, layer: int, loc: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         """Write K/V of shape [T, kv_heads, head_dim] into token slots ``loc`` [T]."""
-        self._k[layer][loc] = k.to(self.dtype)
-        self._v[layer][loc] = v.to(self.dtype)
+        codec = KVCodec(self.dtype, k.dtype)
+        codec.view(self._k[layer])[loc] = codec.encode(k)
+        codec.view(self._v[layer])[loc] = codec.encode(v)
+
+    def get_kv(self, layer: int, loc: torch.Tensor, dtype: torch.dtype):
+        """K/V of token slots ``loc`` as ``dtype`` (fp8 pages widened)."""
+        codec = KVCodec(self.dtype, dtype)
+        return (codec.decode(codec.view(self._k[layer])[loc]),
+                codec.decode(codec.view(self._v[layer])[loc]))
 
     # ---- what a transfer engine needs -------------------------------------------------
     @property

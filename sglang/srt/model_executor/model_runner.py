@@ -8,6 +8,7 @@ import time
 import torch
 
 from sglang.srt.layers.attention_backend import TorchAttnBackend
+from sglang.srt.mem_cache.kv_dtype import resolve_kv_cache_dtype
 from sglang.srt.mem_cache.memory_pool import KVLayout, KVPool
 from sglang.srt.model_executor.forward_batch import ForwardBatch, ForwardMode
 from sglang.srt.model_executor.model_config import ModelConfig
@@ -76,9 +77,11 @@ class ModelRunner:
             time.perf_counter() - t0,
         )
 
-    def kv_layout(self, page_size: int) -> KVLayout:
+    def kv_layout(self, page_size: int, kv_cache_dtype: str = "auto") -> KVLayout:
+        """The pool's layout; ``kv_cache_dtype`` as ``--kv-cache-dtype`` (auto: the model's)."""
         c = self.config
-        return KVLayout(c.num_layers, c.num_kv_heads, c.head_dim, page_size, self.dtype)
+        dtype = resolve_kv_cache_dtype(kv_cache_dtype, self.dtype)
+        return KVLayout(c.num_layers, c.num_kv_heads, c.head_dim, page_size, dtype)
 
     def set_kv_pool(self, pool: KVPool) -> None:
         if pool.num_layers != self.config.num_layers:
@@ -88,7 +91,7 @@ class ModelRunner:
         if not _same_device(pool.device, self.device):
             raise ValueError(f"KV pool is on {pool.device}, the model on {self.device}")
         self.kv_pool = pool
-        self.attn_backend.set_kv_pool(pool)
+        self.attn_backend.set_kv_pool(pool, self.dtype)
 
     @torch.inference_mode()
     def forward(self, fb: ForwardBatch) -> torch.Tensor:

@@ -79,7 +79,8 @@ def compat_problem(prefill: dict[str, Any], decode: dict[str, Any]) -> Optional[
     checks = [
         ("backend", "transfer backend", "--disaggregation-transfer-backend"),
         ("page_size", "page size", "--page-size"),
-        ("kv_dtype", "KV cache dtype", "--dtype"),
+        # the pages move as stored bytes: both sides must store one dtype
+        ("kv_dtype", "KV cache dtype", "--kv-cache-dtype (auto follows --dtype)"),
     ]
     for key, what, flag in checks:
         p, d = prefill.get(key), decode.get(key)
