@@ -1,7 +1,8 @@
 """mini_lb, the prefill/decode load balancer (``python -m sglang.srt.disaggregation.mini_lb``).
 
 - ``args``: the command line.
-- ``pool``: the servers and the round-robin choice of a (prefill, decode) pair.
+- ``pool``: the servers, their requests in flight, the choice of a (prefill, decode) pair.
+- ``policy``: ``--policy`` random, round_robin, power_of_two, cache_aware (sglang-router's names).
 - ``bodies``: bootstrap and rid injection, input-logprob merging, SSE parsing (pure functions).
 - ``proxy``: one request sent to both servers at once, with failure handling.
 - ``app``: the aiohttp routes.

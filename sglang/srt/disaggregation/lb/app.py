@@ -7,12 +7,14 @@ import json
 import logging
 from typing import Any, Optional
 
+import aiohttp
 from aiohttp import web
 
 from sglang.srt.disaggregation.lb.args import LBArgs, normalize_url, parse_args
 from sglang.srt.disaggregation.lb.bodies import (
     ensure_rids,
     inject_bootstrap,
+    request_text,
     wants_logprob_merge,
 )
 from sglang.srt.disaggregation.lb.pool import Prefill, ServerPool
@@ -35,13 +37,31 @@ def _relay(reply: Reply) -> web.Response:
     return web.Response(body=reply.body, status=reply.status, content_type=reply.content_type)
 
 
+async def fetch_load(proxy: Proxy, url: str) -> Optional[float]:
+    """Requests on a server by its ``GET /get_load`` (``num_reqs``, summed over DP ranks); None
+    when it does not answer that within 2 s (power_of_two then counts its own in flight)."""
+    assert proxy.session is not None
+    try:
+        async with proxy.session.get(f"{url}/get_load",
+                                     timeout=aiohttp.ClientTimeout(total=2)) as resp:  # fmt: skip
+            loads = await resp.json(content_type=None) if resp.status == 200 else None
+    except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
+        return None
+    loads = loads if isinstance(loads, list) else [loads]
+    nums = [x.get("num_reqs") for x in loads if isinstance(x, dict)]
+    if not nums or not all(isinstance(n, (int, float)) and not isinstance(n, bool) for n in nums):
+        return None
+    return float(sum(nums))
+
+
 async def _generate(request: web.Request, endpoint: str) -> web.StreamResponse:
     pool, proxy = request.app[POOL], request.app[PROXY]
     try:
         body = await _json_body(request)
         if not isinstance(body, dict):
             raise LegError(400, "request body must be a JSON object")
-        prefill, decode = pool.select_pair()
+        prefill, decode = await pool.choose(request_text(body, endpoint),
+                                            lambda url: fetch_load(proxy, url))
     except LegError as e:
         return error_response(e.message, e.status)
     except LookupError as e:
@@ -52,9 +72,13 @@ async def _generate(request: web.Request, endpoint: str) -> web.StreamResponse:
     job = Job(prefill.url, decode, endpoint, body, rids, merge)
     logger.debug("%s rid=%s room=%s -> %s + %s", endpoint, rids, body["bootstrap_room"],
                  prefill.url, decode)  # fmt: skip
-    if body.get("stream"):
-        return await proxy.forward_stream(request, job)
-    return await proxy.forward(job)
+    pool.begin(prefill.url, decode)
+    try:
+        if body.get("stream"):
+            return await proxy.forward_stream(request, job)
+        return await proxy.forward(job)
+    finally:
+        pool.end(prefill.url, decode)
 
 
 async def generate(request: web.Request) -> web.StreamResponse:
@@ -139,8 +163,13 @@ async def models(request: web.Request) -> web.Response:
     return await _to_first_prefill(request, "/v1/models")
 
 
-async def get_model_info(request: web.Request) -> web.Response:
-    return await _to_first_prefill(request, "/get_model_info")
+async def model_info(request: web.Request) -> web.Response:
+    """/model_info and /get_model_info: the first prefill's /model_info, as SGLang's MiniLB (its
+    older name where a server lacks the new one)."""
+    reply = await _to_first_prefill(request, "/model_info")
+    if reply.status == 404:
+        return await _to_first_prefill(request, "/get_model_info")
+    return reply
 
 
 async def register(request: web.Request) -> web.Response:
@@ -169,7 +198,7 @@ async def register(request: web.Request) -> web.Response:
 def build_app(args: LBArgs) -> web.Application:
     app = web.Application(client_max_size=1 << 30)
     prefills = [Prefill(u, p) for u, p in zip(args.prefill_urls, args.prefill_bootstrap_ports)]
-    app[POOL] = ServerPool(prefills, args.decode_urls)
+    app[POOL] = ServerPool(prefills, args.decode_urls, args.policy)
     app[PROXY] = proxy = Proxy(args.timeout)
 
     async def lifecycle(app: web.Application) -> Any:
@@ -185,7 +214,9 @@ def build_app(args: LBArgs) -> web.Application:
     app.router.add_get("/health", health)
     app.router.add_get("/health_generate", health_generate)
     app.router.add_get("/get_server_info", get_server_info)
-    app.router.add_get("/get_model_info", get_model_info)
+    app.router.add_get("/server_info", get_server_info)
+    app.router.add_get("/get_model_info", model_info)
+    app.router.add_get("/model_info", model_info)
     app.router.add_post("/flush_cache", flush_cache)
     app.router.add_post("/register", register)
     return app
@@ -196,7 +227,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     logging.basicConfig(
         level=args.log_level.upper(), format="[%(asctime)s] %(name)s %(levelname)s: %(message)s"
     )
-    logger.info("mini_lb: %d prefill, %d decode", len(args.prefill_urls), len(args.decode_urls))
+    logger.info("mini_lb: %d prefill, %d decode, policy %s", len(args.prefill_urls),
+                len(args.decode_urls), args.policy)  # fmt: skip
     for url, port in zip(args.prefill_urls, args.prefill_bootstrap_ports):
         logger.info("prefill %s (bootstrap port %s)", url, port)
     for url in args.decode_urls:

@@ -1,10 +1,18 @@
-"""mini_lb command line: SGLang's flags, plus sglang_router's ``--prefill URL PORT`` form."""
+"""mini_lb command line: SGLang's mini_lb flags, and sglang-router's PD command line.
+
+The router's form works as is: ``--pd-disaggregation --prefill URL [PORT] --prefill URL [PORT]
+--decode URL --decode URL --policy P --host H --port N``. With ``--pd-disaggregation`` a prefill
+given without a port gets none (``bootstrap_port: null``), as the router sends it, and the decode
+then uses its own ``--disaggregation-bootstrap-port``; without it, SGLang's mini_lb default 8998.
+"""
 
 from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass, field
 from typing import Optional
+
+from sglang.srt.disaggregation.lb.policy import POLICIES
 
 DEFAULT_BOOTSTRAP_PORT = 8998
 
@@ -18,6 +26,7 @@ class LBArgs:
     port: int = 8000
     timeout: float = 600.0
     log_level: str = "info"
+    policy: str = "round_robin"
 
 
 def normalize_url(url: str) -> str:
@@ -49,11 +58,12 @@ def split_urls_and_ports(tokens: list[str]) -> tuple[list[str], list[Optional[in
 
 
 def resolve_bootstrap_ports(
-    n_prefill: int, given: Optional[list[Optional[int]]]
-) -> list[Optional[int]]:
+    n_prefill: int, given: Optional[list[Optional[int]]],
+    default: Optional[int] = DEFAULT_BOOTSTRAP_PORT,
+) -> list[Optional[int]]:  # fmt: skip
     """One value is broadcast to every prefill; otherwise there must be one per prefill."""
     if not given:
-        return [DEFAULT_BOOTSTRAP_PORT] * n_prefill
+        return [default] * n_prefill
     if len(given) == 1:
         return list(given) * n_prefill
     if len(given) != n_prefill:
@@ -67,11 +77,18 @@ def resolve_bootstrap_ports(
 def parse_args(argv: Optional[list[str]] = None) -> LBArgs:
     p = argparse.ArgumentParser(
         prog="python -m sglang.srt.disaggregation.mini_lb",
-        description="Minimal prefill/decode load balancer (round-robin over P x D pairs)",
+        description="Prefill/decode load balancer; also takes sglang-router's PD command line",
     )
+    p.add_argument("--pd-disaggregation", action="store_true",
+                   help="accepted for sglang-router's command line (PD is mini_lb's only mode); "
+                   "a --prefill without a port then gets none (the decode uses its own)")
     p.add_argument("--prefill", nargs="+", action="append", required=True, metavar="URL",
                    help="prefill server URLs; a URL may be followed by its bootstrap port")
-    p.add_argument("--decode", nargs="+", action="append", required=True, metavar="URL")
+    p.add_argument("--decode", nargs="+", action="append", required=True, metavar="URL",
+                   help="decode server URLs (one flag per URL, or several after one flag)")
+    p.add_argument("--policy", choices=POLICIES, default="round_robin",
+                   help="how a (prefill, decode) pair is picked, sglang-router's names "
+                   "(default round_robin)")
     p.add_argument("--prefill-bootstrap-ports", nargs="+", type=_port, default=None,
                    metavar="PORT", help=f"one for all prefills or one each (default "
                    f"{DEFAULT_BOOTSTRAP_PORT}); 'none' for no port")
@@ -83,9 +100,11 @@ def parse_args(argv: Optional[list[str]] = None) -> LBArgs:
     ns = p.parse_args(argv)  # fmt: skip
     try:
         urls, inline = split_urls_and_ports([t for group in ns.prefill for t in group])
-        ports = resolve_bootstrap_ports(len(urls), ns.prefill_bootstrap_ports)
+        default = None if ns.pd_disaggregation else DEFAULT_BOOTSTRAP_PORT
+        ports = resolve_bootstrap_ports(len(urls), ns.prefill_bootstrap_ports, default)
     except ValueError as e:
         p.error(str(e))
     ports = [port if own == "unset" else own for port, own in zip(ports, inline)]
     decode = [normalize_url(u) for group in ns.decode for u in group]
-    return LBArgs(urls, decode, ports, ns.host, ns.port, ns.timeout, ns.log_level)  # type: ignore
+    return LBArgs(urls, decode, ports, ns.host, ns.port, ns.timeout,  # type: ignore[arg-type]
+                  ns.log_level, ns.policy)  # fmt: skip

@@ -170,3 +170,24 @@ _ERROR_TYPES = {400: "BadRequestError", 502: "BadGatewayError", 503: "ServiceUna
 def error_body(message: str, status: int) -> dict[str, Any]:
     kind = _ERROR_TYPES.get(status, "InternalServerError")
     return {"object": "error", "error": {"message": message, "type": kind, "code": status}}
+
+
+def request_text(body: dict[str, Any], endpoint: str) -> str:
+    """The prompt as text, for prefix affinity (cache_aware): the first prompt of a batch, token
+    ids written out, a chat's message contents joined."""
+    if endpoint == "v1/chat/completions":
+        parts = []
+        for m in body.get("messages") or []:
+            content = m.get("content") if isinstance(m, dict) else None
+            if isinstance(content, list):
+                content = " ".join(str(c.get("text", "")) for c in content if isinstance(c, dict))
+            parts.append(f"{m.get('role', '') if isinstance(m, dict) else ''}: {content or ''}")
+        return "\n".join(parts)
+    prompt = body.get("prompt") if endpoint == "v1/completions" else body.get("text")
+    if prompt is None and endpoint == "generate":
+        prompt = body.get("input_ids")
+    if isinstance(prompt, list) and prompt and isinstance(prompt[0], (str, list)):
+        prompt = prompt[0]
+    if isinstance(prompt, list):
+        return " ".join(map(str, prompt))
+    return prompt if isinstance(prompt, str) else ""
