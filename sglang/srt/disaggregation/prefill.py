@@ -62,6 +62,7 @@ class PrefillQueues(DisaggQueuesBase):
             req.metadata_index = slot
             req.disagg.init(-(-len(req.origin_input_ids) // ps), slot)
             self.bootstrap.remove(req)
+            self.sched.metrics.on_bootstrapped(req)
             self.sched.waiting.append(req)
         for req in list(self.inflight):
             state = req.disagg.poll()
@@ -116,6 +117,7 @@ class PrefillQueues(DisaggQueuesBase):
     def record(self, metric: dict[str, Any], req: "Req") -> None:
         req.transfer = metric
         self.last_transfer = metric
+        self.sched.metrics.on_transfer(metric)
         self.totals["transfers"] += 1
         for k in ("bytes", "seconds", "blocks"):
             self.totals[k] += metric.get(k, 0) or 0

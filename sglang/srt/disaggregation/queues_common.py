@@ -81,6 +81,7 @@ class DisaggQueuesBase:
         req.finished_reason = None
         req.abort(msg, status)
         self.totals["failed"] += 1
+        self.sched.metrics.on_failure(what)
 
     def describe(self) -> dict[str, Any]:
         d = {"mode": self.mode, "backend": self.backend}

@@ -77,6 +77,9 @@ def create_app(tm_or_state: "TokenizerManager | ServerState") -> FastAPI:
     from sglang.srt.entrypoints.admin_routes import register_admin_routes
 
     register_admin_routes(app, tm, state)
+    from sglang.srt.metrics.server_metrics import register_metrics_route
+
+    register_metrics_route(app, state)  # GET /metrics with --enable-metrics
 
     @app.api_route("/generate", methods=["POST", "PUT"])
     async def generate(request: Request) -> Response:

@@ -38,6 +38,7 @@ from sglang.srt.managers.schedule_policy import build_decode, build_extend, plan
 from sglang.srt.managers.watchdog import Watchdog, block_if_test_rid
 from sglang.srt.mem_cache.cache_manager import KVCacheManager
 from sglang.srt.mem_cache.memory_pool import KVPool
+from sglang.srt.metrics.scheduler_stats import SchedulerStatsRecorder
 from sglang.srt.model_executor.model_config import ModelConfig
 from sglang.srt.model_executor.model_runner import ModelRunner
 from sglang.srt.sampling.sampling_params import SamplingParams
@@ -90,6 +91,7 @@ class Scheduler:
         self.running: list[Req] = []
         self.outbox: list[ReqOutput] = []
         self.forward_ct = 0
+        self.metrics = SchedulerStatsRecorder(args.enable_metrics)  # pushed to the HTTP process
         self.disagg: Any = None
         if args.disaggregation_mode == "prefill":
             from sglang.srt.disaggregation.prefill import PrefillQueues
@@ -232,6 +234,7 @@ class Scheduler:
         block_if_test_rid(batch.reqs)
         logits = self.runner.forward(batch.forward)
         self.forward_ct += 1
+        self.metrics.on_batch(batch, self.cache.page_size)
         produced = self.out.process(batch, logits)
         for req, n in zip(batch.reqs, batch.extend_lens):
             req.kv_len += n
@@ -302,6 +305,7 @@ class Scheduler:
             watchdog.step_begin()
             ran = self.step()
             self.flush_outbox()
+            self.metrics.maybe_push(self)
             watchdog.step_end()
             if not ran and busy:
                 time.sleep(0.001)

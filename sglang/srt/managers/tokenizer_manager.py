@@ -25,6 +25,7 @@ from sglang.srt.managers.io_struct import (
 )
 from sglang.srt.managers.request_logger import RequestLogger
 from sglang.srt.managers.scheduler_watch import SchedulerWatch
+from sglang.srt.metrics.server_metrics import create_server_metrics
 from sglang.srt.server_args import ServerArgs
 
 logger = logging.getLogger(__name__)
@@ -39,6 +40,7 @@ class _ReqState:
     event: asyncio.Event = field(default_factory=asyncio.Event)
     finished: bool = False
     meta: dict[str, Any] = field(default_factory=dict)
+    mtrack: Any = None  # --enable-metrics: timing between outputs
 
 
 class TokenizerManager(SchedulerWatch):
@@ -67,6 +69,7 @@ class TokenizerManager(SchedulerWatch):
         # set when the scheduler process is gone: every request then fails with this message
         self.scheduler_dead: Optional[str] = None
         self._watch_task: Optional[asyncio.Task] = None
+        self.metrics = create_server_metrics(args)  # None without --enable-metrics
 
     # ---- plumbing ----------------------------------------------------------------------
     def _ensure_loop(self) -> None:
@@ -89,10 +92,14 @@ class TokenizerManager(SchedulerWatch):
                         continue
                     state.out.append(out)
                     state.event.set()
+                    if self.metrics is not None:
+                        self.metrics.on_output(state, out)
             elif isinstance(msg, RpcOut):
                 fut = self._rpc.pop(msg.rpc_id, None)
                 if fut is not None and not fut.done():
                     fut.set_result(msg)
+            elif self.metrics is not None:
+                self.metrics.on_message(msg)  # the scheduler's stats snapshots
 
     async def rpc(self, method: str, timeout: float = 30, **args: Any) -> Any:
         self._ensure_loop()

@@ -1,0 +1,155 @@
+"""What the scheduler process measures for ``--enable-metrics``, and the snapshot it pushes.
+
+The scheduler never serves /metrics itself: at most every ``PUSH_INTERVAL`` seconds, and only
+when something changed, it sends one :class:`SchedulerStats` message to the HTTP process over
+the socket that carries its outputs; the HTTP process owns the Prometheus registry, so a scrape
+never waits on the scheduler. Per-event observations (one per finished KV transfer, one per
+finished bootstrap) and failure counts ride along with the next snapshot. With metrics off every
+hook returns at once.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from sglang.srt.model_executor.forward_batch import ForwardMode
+
+if TYPE_CHECKING:
+    from sglang.srt.managers.req import Req
+    from sglang.srt.managers.schedule_policy import ScheduledBatch
+    from sglang.srt.managers.scheduler import Scheduler
+
+PUSH_INTERVAL = 0.5  # seconds between two snapshots at most this often
+
+
+@dataclass
+class SchedulerStats:
+    """One snapshot of the scheduler (gauges) plus what happened since the previous one."""
+
+    num_running_reqs: int = 0
+    num_queue_reqs: int = 0
+    num_used_tokens: int = 0
+    max_total_num_tokens: int = 0
+    token_usage: float = 0.0
+    cache_hit_rate: float = 0.0
+    gen_throughput: float = 0.0
+    # PD queues (0 on servers of the other mode)
+    num_prefill_bootstrap_queue_reqs: int = 0
+    num_prefill_inflight_queue_reqs: int = 0
+    num_decode_prealloc_queue_reqs: int = 0
+    num_decode_transfer_queue_reqs: int = 0
+    # since the previous snapshot: (speed GB/s, latency ms, total MB) per finished transfer
+    kv_transfers: list[tuple[float, float, float]] = field(default_factory=list)
+    kv_bootstrap_ms: list[float] = field(default_factory=list)
+    bootstrap_failed: int = 0
+    transfer_failed: int = 0
+
+    def gauges(self) -> tuple:
+        return (self.num_running_reqs, self.num_queue_reqs, self.num_used_tokens,
+                self.max_total_num_tokens, self.token_usage, self.cache_hit_rate,
+                self.gen_throughput, self.num_prefill_bootstrap_queue_reqs,
+                self.num_prefill_inflight_queue_reqs, self.num_decode_prealloc_queue_reqs,
+                self.num_decode_transfer_queue_reqs)  # fmt: skip
+
+    def has_events(self) -> bool:
+        return bool(self.kv_transfers or self.kv_bootstrap_ms or self.bootstrap_failed
+                    or self.transfer_failed)  # fmt: skip
+
+
+def transfer_observation(metric: dict[str, Any]) -> tuple[float, float, float] | None:
+    """SGLang's units for one transfer: GB/s and MB in binary units (2**30, 2**20), ms."""
+    nbytes, secs = metric.get("bytes"), metric.get("seconds")
+    if not nbytes or not secs:
+        return None
+    return nbytes / (1 << 30) / secs, secs * 1000.0, nbytes / (1 << 20)
+
+
+class SchedulerStatsRecorder:
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self.pending = SchedulerStats()
+        self._last_gauges: tuple | None = None
+        self._last_push = time.monotonic()
+        self._gen_tokens = 0
+        self._hit_tokens = 0
+        self._computed_tokens = 0
+        self._hit_rate = 0.0
+
+    # ---- hooks (scheduler thread) -----------------------------------------------------------
+    def on_batch(self, batch: "ScheduledBatch", page_size: int) -> None:
+        """After a forward pass, before the requests' kv_len moves on."""
+        if not self.enabled:
+            return
+        if batch.mode == ForwardMode.EXTEND:
+            for req, n in zip(batch.reqs, batch.extend_lens):
+                if req.kv_len == req.prefix_pages * page_size:  # first pass since admission
+                    self._hit_tokens += req.kv_len
+                self._computed_tokens += n
+        else:
+            self._gen_tokens += len(batch.reqs)
+
+    def on_bootstrapped(self, req: "Req") -> None:
+        """A prefill request leaves the bootstrap queue (its decode's pages arrived)."""
+        if self.enabled:
+            self.pending.kv_bootstrap_ms.append((time.monotonic() - req.created) * 1000.0)
+
+    def on_transfer(self, metric: dict[str, Any]) -> None:
+        """A prefill request's KV transfer finished."""
+        if self.enabled:
+            obs = transfer_observation(metric)
+            if obs is not None:
+                self.pending.kv_transfers.append(obs)
+
+    def on_failure(self, what: str) -> None:
+        """A PD request failed (``what``: the queues' description of the failure)."""
+        if not self.enabled:
+            return
+        w = what.lower()
+        if "bootstrap" in w or "handshake" in w:
+            self.pending.bootstrap_failed += 1
+        else:
+            self.pending.transfer_failed += 1
+
+    # ---- snapshots ------------------------------------------------------------------------
+    def maybe_push(self, sched: "Scheduler") -> None:
+        """From the scheduler loop: send a snapshot if one is due and anything changed."""
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if now - self._last_push < PUSH_INTERVAL:
+            return
+        snap = self._snapshot(sched, now - self._last_push)
+        self._last_push = now
+        gauges = snap.gauges()
+        if gauges == self._last_gauges and not snap.has_events():
+            return
+        self._last_gauges = gauges
+        self.pending = SchedulerStats()
+        sched.send(snap)
+
+    def _snapshot(self, sched: "Scheduler", elapsed: float) -> SchedulerStats:
+        snap = self.pending
+        cache = sched.cache
+        total_pages = cache.num_pages
+        free_pages = cache.available_pages  # free plus evictable prefix-cache pages
+        snap.max_total_num_tokens = total_pages * cache.page_size
+        snap.num_used_tokens = (total_pages - free_pages) * cache.page_size
+        snap.token_usage = snap.num_used_tokens / max(snap.max_total_num_tokens, 1)
+        snap.num_running_reqs = len(sched.running)
+        snap.num_queue_reqs = len(sched.waiting)
+        snap.gen_throughput = self._gen_tokens / elapsed if elapsed > 0 else 0.0
+        self._gen_tokens = 0
+        if self._hit_tokens + self._computed_tokens:  # SGLang: hit / (hit + computed)
+            self._hit_rate = self._hit_tokens / (self._hit_tokens + self._computed_tokens)
+            self._hit_tokens = self._computed_tokens = 0
+        snap.cache_hit_rate = self._hit_rate
+        d = sched.disagg
+        if d is not None and d.mode == "prefill":
+            snap.num_prefill_bootstrap_queue_reqs = len(d.bootstrap)
+            snap.num_prefill_inflight_queue_reqs = len(d.inflight)
+        elif d is not None and d.mode == "decode":
+            snap.num_decode_prealloc_queue_reqs = len(d.prealloc)
+            snap.num_decode_transfer_queue_reqs = len(d.transfer)
+        return snap
