@@ -199,7 +199,10 @@ def build_app(args: LBArgs) -> web.Application:
     app = web.Application(client_max_size=1 << 30)
     prefills = [Prefill(u, p) for u, p in zip(args.prefill_urls, args.prefill_bootstrap_ports)]
     app[POOL] = ServerPool(prefills, args.decode_urls, args.policy)
-    app[PROXY] = proxy = Proxy(args.timeout)
+    from sglang.srt.metrics.router import create_lb_metrics
+
+    metrics = create_lb_metrics(args)  # --enable-metrics; None without
+    app[PROXY] = proxy = metrics.proxy(args.timeout) if metrics else Proxy(args.timeout)
 
     async def lifecycle(app: web.Application) -> Any:
         await proxy.start()
@@ -219,6 +222,8 @@ def build_app(args: LBArgs) -> web.Application:
     app.router.add_get("/model_info", model_info)
     app.router.add_post("/flush_cache", flush_cache)
     app.router.add_post("/register", register)
+    if metrics is not None:
+        metrics.install(app)  # GET /metrics and the request counters
     return app
 
 

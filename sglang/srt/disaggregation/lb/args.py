@@ -27,6 +27,7 @@ class LBArgs:
     timeout: float = 600.0
     log_level: str = "info"
     policy: str = "round_robin"
+    enable_metrics: bool = False  # GET /metrics (sglang/srt/metrics/router.py)
 
 
 def normalize_url(url: str) -> str:
@@ -97,6 +98,8 @@ def parse_args(argv: Optional[list[str]] = None) -> LBArgs:
     p.add_argument("--timeout", type=float, default=600.0,
                    help="seconds to wait on a server (non-stream total; stream per read)")
     p.add_argument("--log-level", default="info")
+    p.add_argument("--enable-metrics", action="store_true",
+                   help="serve Prometheus metrics (sgl_router_* names) on /metrics")
     ns = p.parse_args(argv)  # fmt: skip
     try:
         urls, inline = split_urls_and_ports([t for group in ns.prefill for t in group])
@@ -106,5 +109,7 @@ def parse_args(argv: Optional[list[str]] = None) -> LBArgs:
         p.error(str(e))
     ports = [port if own == "unset" else own for port, own in zip(ports, inline)]
     decode = [normalize_url(u) for group in ns.decode for u in group]
-    return LBArgs(urls, decode, ports, ns.host, ns.port, ns.timeout,  # type: ignore[arg-type]
+    args = LBArgs(urls, decode, ports, ns.host, ns.port, ns.timeout,  # type: ignore[arg-type]
                   ns.log_level, ns.policy)  # fmt: skip
+    args.enable_metrics = ns.enable_metrics
+    return args
