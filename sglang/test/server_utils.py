@@ -1,4 +1,6 @@
-"""Start real server processes on free loopback ports, wait for them, and stop them cleanly.
+"""Start real server processes on free loopback ports, wait for them, and stop them cleanly:
+servers, PD clusters behind mini_lb, and either front (sglang-router or mini_lb, one command line)
+in front of a cluster's workers.
 
 Used by the tests, the demo and the benchmarks.
 """
@@ -129,9 +131,13 @@ def launch_pd_cluster(model_path: str, log_dir: str, backend: str = "mooncake",
                 ["--disaggregation-mode", "prefill", "--disaggregation-bootstrap-port",
                  str(bport), *common], env))
         for i in range(num_decode):
+            # A request routed with bootstrap_port null (sglang-router's --prefill URL without a
+            # port) goes to the decode's own --disaggregation-bootstrap-port: the first prefill's,
+            # as SGLang users on one node run it.
             decodes.append(launch_server(
                 model_path, log_dir, f"decode{i}",
-                ["--disaggregation-mode", "decode", *common], env))
+                ["--disaggregation-mode", "decode", "--disaggregation-bootstrap-port",
+                 str(ports[0]), *common], env))
         lb_port = free_port()
         argv = ["-m", "sglang.srt.disaggregation.mini_lb", "--host", "127.0.0.1",
                 "--port", str(lb_port), "--prefill", *[p.url for p in prefills],
@@ -143,3 +149,35 @@ def launch_pd_cluster(model_path: str, log_dir: str, backend: str = "mooncake",
             p.stop()
         raise
     return PDCluster(prefills, decodes, lb, ports)
+
+
+FRONTS = {"router": "sglang_router.launch_router", "mini_lb": "sglang.srt.disaggregation.mini_lb"}
+
+
+def pd_front_args(prefills: list[tuple[str, Optional[int]]], decodes: list[str], policy: str,
+                  port: int) -> list[str]:  # fmt: skip
+    """sglang-router's PD command line, which mini_lb takes too: ``--pd-disaggregation
+    --prefill URL [PORT] ... --decode URL ... --policy P --host 127.0.0.1 --port N``."""
+    argv = ["--pd-disaggregation"]
+    for url, bport in prefills:
+        argv += ["--prefill", url, *([str(bport)] if bport is not None else [])]
+    for url in decodes:
+        argv += ["--decode", url]
+    return argv + ["--policy", policy, "--host", "127.0.0.1", "--port", str(port)]
+
+
+def launch_router(cluster: PDCluster, log_dir: str, policy: str = "round_robin",
+                  front: str = "router", bootstrap_ports: bool = True,
+                  name: Optional[str] = None, env: Optional[dict] = None) -> Proc:  # fmt: skip
+    """``front`` (sglang-router, ``python -m sglang_router.launch_router``, or mini_lb) in front
+    of ``cluster``'s workers, started with the same command line. ``bootstrap_ports=False``
+    leaves the prefills' ports out (the router then sends bootstrap_port null)."""
+    port = free_port()
+    prefills = [(p.url, bp if bootstrap_ports else None)
+                for p, bp in zip(cluster.prefills, cluster.bootstrap_ports)]  # fmt: skip
+    argv = ["-m", FRONTS[front],
+            *pd_front_args(prefills, [d.url for d in cluster.decodes], policy, port)]
+    if front == "router":  # its Prometheus exporter would take port 29000 on every interface
+        argv += ["--prometheus-host", "127.0.0.1", "--prometheus-port", str(free_port()),
+                 "--log-level", "warn", "--shutdown-grace-period-secs", "1"]
+    return start(name or f"{front}-{policy}", argv, f"http://127.0.0.1:{port}", log_dir, env)

@@ -1,6 +1,7 @@
-"""Shared by the PD end-to-end tests: one unified (non-PD) server as the reference, and one
-1 prefill + 1 decode cluster behind mini_lb per transfer backend, launched on first use and kept
-for the session (launching servers is most of the suite's time).
+"""Shared by the PD end-to-end tests: one unified (non-PD) server as the reference, one
+1 prefill + 1 decode cluster behind mini_lb per transfer backend, and one 2 prefill + 2 decode
+cluster (Mooncake), each launched on first use and kept for the session (launching servers is
+most of the suite's time). sglang-router tests put their routers in front of the same workers.
 
 A test that kills, blocks or reconfigures a server launches its own instead."""
 
@@ -38,3 +39,12 @@ def pd_clusters(tiny_model, log_dir):
     yield get
     for c in clusters.values():
         c.stop()
+
+
+@pytest.fixture(scope="session")
+def pd_2p2d(tiny_model, log_dir):
+    """The session's 2 prefill + 2 decode cluster (Mooncake) behind mini_lb."""
+    c = launch_pd_cluster(tiny_model, f"{log_dir}/2p2d", backend="mooncake", num_prefill=2,
+                          num_decode=2, args=PD_ARGS)
+    yield c
+    c.stop()
