@@ -105,12 +105,15 @@ def register_admin_routes(app: FastAPI, tm: Any, state: Any) -> None:
                 await tm.rpc("get_info", timeout=envs.health_check_timeout)
                 return Response(status_code=200)
             obj = GenerateReqInput(input_ids=[0], sampling_params={"max_new_tokens": 1})
-            out = None
-            agen = tm.generate_request(obj.normalize()[0], None)
-            async with asyncio.timeout(envs.health_check_timeout):
-                async for out in agen:
+
+            async def run() -> Any:
+                last = None
+                async for last in tm.generate_request(obj.normalize()[0], None):
                     pass
-        except (RuntimeError, TimeoutError):
+                return last
+
+            out = await asyncio.wait_for(run(), envs.health_check_timeout)
+        except (RuntimeError, asyncio.TimeoutError):
             return Response(status_code=503)
         fr = (out or {}).get("meta_info", {}).get("finish_reason") or {}
         return Response(status_code=503 if fr.get("type") == "abort" else 200)
