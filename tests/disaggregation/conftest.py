@@ -13,8 +13,9 @@ from sglang.test.server_utils import launch_pd_cluster, launch_server
 
 REFERENCE_ARGS = ["--chunked-prefill-size", "32", "--page-size", "4", "--max-total-tokens",
                   "4096", "--context-length", "1024"]
-# The shared clusters run with the reference server's arguments.
-PD_ARGS = REFERENCE_ARGS
+# The shared clusters run with the reference server's arguments, and serve /metrics
+# (test_metrics.py reads them; the reference server has no --enable-metrics: its /metrics is 404).
+PD_ARGS = [*REFERENCE_ARGS, "--enable-metrics"]
 
 
 @pytest.fixture(scope="session")
