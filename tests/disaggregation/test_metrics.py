@@ -197,6 +197,14 @@ def test_pd_cluster_metrics(cluster, metrics_lb, tiny_model):
         assert delta(p_before, p_after, f"sglang:{name}_count") == n_req, name
         assert delta(p_before, p_after, f"sglang:{name}_sum") > 0, name
     assert delta(p_before, p_after, "sglang:kv_transfer_total_mb_sum") == pytest.approx(sent_mb)
+    listed = {f"sglang:{g}" for g in ZERO_AT_REST + ["token_usage", "cache_hit_rate",
+                                                     "gen_throughput"]}
+    listed |= {"sglang:num_bootstrap_failed_reqs_total", "sglang:num_transfer_failed_reqs_total",
+               "sglang:prompt_tokens_total", "sglang:generation_tokens_total",
+               "sglang:time_to_first_token_seconds_count",
+               "sglang:e2e_request_latency_seconds_count",
+               "sglang:inter_token_latency_seconds_count", "sglang:num_requests_total"}
+    assert listed <= names(p_after) and listed <= names(scrape(decode))
     for name in ["sglang:num_bootstrap_failed_reqs_total", "sglang:num_transfer_failed_reqs_total"]:
         assert delta(p_before, p_after, name) == 0
     # the prefill's HTTP side: the whole prompts, one token each, and no TTFT (as SGLang)
@@ -223,7 +231,8 @@ def test_pd_cluster_metrics(cluster, metrics_lb, tiny_model):
     assert delta(lb_before, lb, "sgl_router_pd_requests_total", **route) == n_req + 1
     assert delta(lb_before, lb, "sgl_router_pd_prefill_requests_total", worker=prefill) == n_req + 1
     assert delta(lb_before, lb, "sgl_router_pd_decode_requests_total", worker=decode) == n_req + 1
-    assert delta(lb_before, lb, "sgl_router_pd_request_duration_seconds_count", **route) == n_req + 1
+    duration = "sgl_router_pd_request_duration_seconds_count"
+    assert delta(lb_before, lb, duration, **route) == n_req + 1
     assert delta(lb_before, lb, "sgl_router_request_errors_total", error_type="400") == 2
     assert delta(lb_before, lb, "sgl_router_pd_errors_total", error_type="400") == 1
     assert val(lb, "sgl_router_running_requests") == 0
@@ -233,3 +242,34 @@ def test_pd_cluster_metrics(cluster, metrics_lb, tiny_model):
 
 def test_mini_lb_metrics_404_without_the_flag(cluster):
     assert requests.get(cluster.url + "/metrics", timeout=10).status_code == 404
+
+
+def test_pd_failure_counters(cluster):
+    """A prefill and a decode given one room for prompts of different page counts: the prefill
+    refuses the decode's pages, and both count one transfer failure (none at bootstrap)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    prefill, decode = cluster.prefills[0].url, cluster.decodes[0].url
+    p_before, d_before = scrape(prefill), scrape(decode)
+    room = int(time.time() * 1000) % (1 << 40)
+    pd = {"bootstrap_host": "127.0.0.1", "bootstrap_port": cluster.bootstrap_ports[0],
+          "bootstrap_room": room, "sampling_params": {"max_new_tokens": 4}}
+
+    def post(url: str, n: int) -> int:
+        body = {"input_ids": prompt(n, room % 997), **pd}
+        return requests.post(url + "/generate", json=body, timeout=120).status_code
+
+    with ThreadPoolExecutor(2) as ex:
+        statuses = list(ex.map(post, [prefill, decode], [13, 30]))
+    assert all(s >= 500 for s in statuses), statuses
+    p_after = wait_for(prefill, lambda s: delta(
+        p_before, s, "sglang:num_transfer_failed_reqs_total") >= 1, "prefill failure")
+    d_after = wait_for(decode, lambda s: delta(
+        d_before, s, "sglang:num_transfer_failed_reqs_total") >= 1, "decode failure")
+    for before, after in ((p_before, p_after), (d_before, d_after)):
+        assert delta(before, after, "sglang:num_transfer_failed_reqs_total") == 1
+        assert delta(before, after, "sglang:num_bootstrap_failed_reqs_total") == 0
+        assert delta(before, after, "sglang:num_aborted_requests_total") == 1
+    assert delta(p_before, p_after, "sglang:kv_transfer_total_mb_count") == 0
+    for url in (prefill, decode):
+        assert_pool_whole(url, timeout=40)

@@ -6,8 +6,8 @@ sglang-router's metric names (``sgl_router_*``), so dashboards made for the rout
 - ``sgl_router_request_errors_total{route,error_type}``: those that failed; ``error_type`` is
   the HTTP status answered, or ``stream_failed`` for a stream that broke after it started;
 - ``sgl_router_pd_requests_total{route}``: requests sent to a (prefill, decode) pair;
-- ``sgl_router_pd_prefill_requests_total{worker}`` / ``sgl_router_pd_decode_requests_total{worker}``:
-  per server URL;
+- ``sgl_router_pd_prefill_requests_total{worker}``,
+  ``sgl_router_pd_decode_requests_total{worker}``: per server URL;
 - ``sgl_router_pd_errors_total{error_type}``: routed requests that failed;
 - ``sgl_router_running_requests{worker}``: routed requests in flight per server;
 - ``sgl_router_pd_request_duration_seconds{route}``: a routed request from arrival to the end of
