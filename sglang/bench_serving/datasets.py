@@ -127,7 +127,10 @@ def sample_random_requests(input_len: int, output_len: int, num_prompts: int, ra
 
 
 def gen_prompt(tokenizer, token_num: int, rng: random.Random) -> str:
-    return tokenizer.decode(rng.choices(list(tokenizer.get_vocab().values()), k=token_num))
+    """``token_num`` ids drawn uniformly from the vocabulary. SGLang draws from
+    ``get_vocab().values()`` in dict order, which a fast tokenizer builds from a hash map in a
+    different order in every process; sorting the ids makes one seed give one dataset."""
+    return tokenizer.decode(rng.choices(sorted(tokenizer.get_vocab().values()), k=token_num))
 
 
 def sample_generated_shared_prefix_requests(num_groups: int, prompts_per_group: int,
