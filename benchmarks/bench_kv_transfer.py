@@ -60,30 +60,41 @@ class BenchNode(transfer_procs.Node):
         self.conns[room].send(np.asarray(pages, dtype=np.int32), True)
         return t0
 
+    def setup(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        out = super().setup(*args, **kwargs)
+        self.arrived: dict[int, float] = {}
+        if self.mgr.decode is not None:  # note when each Success reaches the decode's manager
+            side, on_status = self.mgr.decode, self.mgr.decode.on_status
+
+            def on_status_timed(msg: Any) -> None:
+                on_status(msg)
+                if msg.status == SUCCESS:
+                    self.arrived[msg.room] = time.monotonic()
+            side.on_status = on_status_timed
+        return out
+
     def wait_success(self, room: int, timeout: float = 120.0) -> float:
+        """When the room's Success reached the decode (its control thread), waiting without
+        spinning: a polling loop here would take a core from the transfer on small machines."""
         conn, end = self.conns[room], time.monotonic() + timeout
         while True:
             st = int(conn.poll())
             if st == SUCCESS:
-                return time.monotonic()
+                return self.arrived.pop(room)
             if st == 0 or time.monotonic() > end:
                 raise RuntimeError(f"room {room} ended in {st}: {conn.failure_exception()}")
-            time.sleep(2e-5)
+            time.sleep(1e-3)
 
     def raw(self, src_pages: list[int], dst_pages: list[int], reps: int) -> dict[str, float]:
         """Best seconds per way of moving the case's bytes with the engine itself."""
         import torch
 
-        from sglang.srt.disaggregation.common.utils import (
-            Blocks,
-            group_concurrent_contiguous,
-            kv_blocks,
-        )
+        from sglang.srt.disaggregation.common.utils import Blocks, kv_blocks
 
         a = self.mgr.args
         peer = next(iter(self.mgr.prefill.peers.values()))
-        runs = group_concurrent_contiguous(np.asarray(src_pages), np.asarray(dst_pages))
-        same = kv_blocks(runs, a.kv_data_ptrs, peer.kv_ptrs, a.kv_item_len)
+        same = kv_blocks(_runs(src_pages, dst_pages), a.kv_data_ptrs, peer.kv_ptrs,
+                         a.kv_item_len)
         total = same.total_bytes()
         s0, d0, mib = a.kv_data_ptrs[0], peer.kv_ptrs[0], 1 << 20
         offs = list(range(0, total, mib))
@@ -277,9 +288,18 @@ def run_group(backend: str, model: str, ps: int, items: list[tuple[int, str]], p
     return rows
 
 
+def _runs(src: list[int], dst: list[int]) -> Any:
+    """The page runs the project's transfer worker makes of these pages."""
+    from sglang.srt.disaggregation.common import utils
+
+    pairs = (np.asarray(src), np.asarray(dst))
+    if hasattr(utils, "sort_pairs"):  # absent before coalescing of out-of-order pages
+        pairs = utils.sort_pairs(*pairs)
+    return utils.group_concurrent_contiguous(*pairs)
+
+
 def _blocks(src: list[int], dst: list[int]) -> int:
-    s, t = np.asarray(src), np.asarray(dst)
-    return 1 + int(((np.diff(s) != 1) | (np.diff(t) != 1)).sum())
+    return len(_runs(src, dst))
 
 
 def gbps(row: dict[str, Any], key: str) -> float:

@@ -148,6 +148,11 @@ class CommonKVManager(BaseKVManager):
         """Write ``blocks`` (``kind`` "kv" or "aux") into ``peer``; return once they landed,
         raise TransferFailed otherwise."""
 
+    def merges_aux(self, peer: PeerInfo) -> bool:
+        """Whether a last chunk's KV blocks and metadata rows may go in one ``write(.., "kv")``
+        (the engine can move both kinds of memory in one call)."""
+        return False
+
     @abstractmethod
     def _shutdown_engine(self) -> None: ...
 

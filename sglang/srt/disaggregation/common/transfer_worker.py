@@ -25,6 +25,7 @@ from sglang.srt.disaggregation.common.utils import (
     aux_blocks,
     group_concurrent_contiguous,
     kv_blocks,
+    sort_pairs,
 )
 from sglang.srt.env import envs
 
@@ -103,7 +104,7 @@ class TransferWorkers:
             )
             return
         args = self.mgr.args
-        runs = group_concurrent_contiguous(job.src_pages, job.dst_pages)
+        runs = group_concurrent_contiguous(*sort_pairs(job.src_pages, job.dst_pages))
         blocks = kv_blocks(runs, args.kv_data_ptrs, peer.kv_ptrs, args.kv_item_len)
         aux = None
         if job.last_chunk:
@@ -116,10 +117,13 @@ class TransferWorkers:
         if envs.test_transfer_delay > 0:  # test only: keep this write in flight a while
             time.sleep(envs.test_transfer_delay)
         try:
-            if blocks.src:
-                self.mgr.write(peer, blocks, "kv")
-            if aux is not None:
-                self.mgr.write(peer, aux, "aux")
+            if aux is not None and blocks.src and self.mgr.merges_aux(peer):
+                self.mgr.write(peer, blocks + aux, "kv")  # one engine call, one completion
+            else:
+                if blocks.src:
+                    self.mgr.write(peer, blocks, "kv")
+                if aux is not None:
+                    self.mgr.write(peer, aux, "aux")
         except Exception as e:
             with side.lock:
                 side.failed_peers.add(job.peer)

@@ -35,6 +35,11 @@ class Blocks(NamedTuple):
     def total_bytes(self) -> int:
         return sum(self.lens)
 
+    def __add__(self, other: object) -> "Blocks":  # type: ignore[override]
+        if not isinstance(other, Blocks):
+            return NotImplemented
+        return Blocks(self.src + other.src, self.dst + other.dst, self.lens + other.lens)
+
 
 def group_concurrent_contiguous(src_pages: np.ndarray, dst_pages: np.ndarray) -> PageRuns:
     """Split the pairs wherever either the source or the destination index does not advance
@@ -50,6 +55,20 @@ def group_concurrent_contiguous(src_pages: np.ndarray, dst_pages: np.ndarray) ->
     starts = np.concatenate(([0], breaks))
     ends = np.concatenate((breaks, [src.size]))
     return PageRuns(src[starts], dst[starts], ends - starts)
+
+
+def sort_pairs(src_pages: np.ndarray, dst_pages: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The (src, dst) page pairs ordered by source page. Each page moves on its own, so order
+    does not matter to the result; sorted, pairs that are adjacent on both sides but arrive out
+    of order (a prefix hit's older pages, a reversed free list) fall into one run."""
+    src = np.asarray(src_pages, dtype=np.int64).reshape(-1)
+    dst = np.asarray(dst_pages, dtype=np.int64).reshape(-1)
+    if src.shape != dst.shape:
+        raise ValueError(f"{src.shape[0]} source pages but {dst.shape[0]} destination pages")
+    if src.size < 2 or bool((np.diff(src) > 0).all()):
+        return src, dst
+    order = np.argsort(src, kind="stable")
+    return src[order], dst[order]
 
 
 def kv_blocks(
@@ -84,6 +103,20 @@ def aux_blocks(
         [p + dst_index * n for p, n in zip(dst_ptrs, item_lens)],
         list(item_lens),
     )
+
+
+def merge_adjacent(ptrs: Sequence[int], lens: Sequence[int]) -> list[tuple[int, int]]:
+    """Memory regions as few (ptr, nbytes) ranges as possible: sorted, and a range that starts
+    where the previous one ends joins it (a KV pool's per-layer regions are one allocation, so
+    they register as one region and a block may span layers). Empty regions are dropped;
+    overlapping ones are kept apart (registering them merged could hide a caller's mistake)."""
+    out: list[tuple[int, int]] = []
+    for p, n in sorted((int(p), int(n)) for p, n in zip(ptrs, lens) if n > 0):
+        if out and out[-1][0] + out[-1][1] == p:
+            out[-1] = (out[-1][0], out[-1][1] + n)
+        elif not out or out[-1] != (p, n):
+            out.append((p, n))
+    return out
 
 
 def batched(blocks: Blocks, size: int) -> list[Blocks]:

@@ -54,6 +54,9 @@ class MooncakeKVManager(CommonKVManager):
     def remove_peer(self, peer: PeerInfo) -> None:
         pass  # Mooncake keeps no per-peer state that needs dropping
 
+    def merges_aux(self, peer: PeerInfo) -> bool:
+        return True  # one batch may mix any registered memory
+
     def write(self, peer: PeerInfo, blocks: Blocks, kind: str) -> None:
         self.engine.write(peer.handle, blocks, envs.max_transfer_batch)
 

@@ -11,7 +11,7 @@ import threading
 from typing import Optional, Sequence
 
 from sglang.srt.disaggregation.common.transfer_worker import TransferFailed
-from sglang.srt.disaggregation.common.utils import Blocks, batched
+from sglang.srt.disaggregation.common.utils import Blocks, batched, merge_adjacent
 
 logger = logging.getLogger(__name__)
 
@@ -74,11 +74,9 @@ class MooncakeTransferEngine:
         self._registered: list[tuple[int, int]] = []
 
     def register(self, ptrs: Sequence[int], lens: Sequence[int]) -> None:
-        """Register each (ptr, len) once; registering the same region twice fails."""
-        new = []
-        for p, n in zip(ptrs, lens):
-            if (p, n) not in self._registered and (p, n) not in new and n > 0:
-                new.append((p, n))
+        """Register each (ptr, len) once, adjacent regions merged into one (a block may then
+        span them); registering the same region twice fails."""
+        new = [r for r in merge_adjacent(ptrs, lens) if r not in self._registered]
         if not new:
             return
         rc = self.engine.batch_register_memory([p for p, _ in new], [n for _, n in new])

@@ -7,8 +7,10 @@ import threading
 import time
 from typing import Any, Sequence
 
+import numpy as np
+
 from sglang.srt.disaggregation.common.transfer_worker import TransferFailed
-from sglang.srt.disaggregation.common.utils import Blocks
+from sglang.srt.disaggregation.common.utils import Blocks, merge_adjacent
 
 logger = logging.getLogger(__name__)
 
@@ -22,6 +24,15 @@ def _import_nixl() -> Any:
             f"or use --disaggregation-transfer-backend mooncake."
         ) from e
     return api
+
+
+def _descs(addrs: Sequence[int], lens: Sequence[int], dev: int) -> np.ndarray:
+    """(address, bytes, device id) rows as the N x 3 array NIXL reads without a Python loop."""
+    out = np.empty((len(addrs), 3), dtype=np.uint64)
+    out[:, 0] = addrs
+    out[:, 1] = lens
+    out[:, 2] = dev
+    return out
 
 
 class NixlAgent:
@@ -61,10 +72,11 @@ class NixlAgent:
 
     def register(self, ptrs: Sequence[int], lens: Sequence[int], mem: str, device_id: int) -> None:
         """Register regions of memory kind ``mem`` ("DRAM" or "VRAM") on ``device_id``, each
-        once; writes must name the same device id."""
+        once, adjacent regions merged into one (a descriptor may then span them); writes must
+        name the same device id."""
         descs = []
-        for p, n in zip(ptrs, lens):
-            if n > 0 and (p, n) not in self._registered:
+        for p, n in merge_adjacent(ptrs, lens):
+            if (p, n) not in self._registered:
                 self._registered.add((p, n))
                 descs.append((p, n, device_id, ""))
         if descs:
@@ -96,12 +108,10 @@ class NixlAgent:
         """One WRITE of all ``blocks`` into agent ``peer``; returns once it is DONE."""
         handle = None
         try:
-            local = self.agent.get_xfer_descs(
-                [(s, n, local_dev) for s, n in zip(blocks.src, blocks.lens)], local_mem
-            )
-            remote = self.agent.get_xfer_descs(
-                [(d, n, remote_dev) for d, n in zip(blocks.dst, blocks.lens)], remote_mem
-            )
+            local = self.agent.get_xfer_descs(_descs(blocks.src, blocks.lens, local_dev),
+                                              local_mem)
+            remote = self.agent.get_xfer_descs(_descs(blocks.dst, blocks.lens, remote_dev),
+                                               remote_mem)
             handle = self.agent.initialize_xfer("WRITE", local, remote, peer, b"")
             state = self.agent.transfer(handle)
             deadline = time.monotonic() + timeout

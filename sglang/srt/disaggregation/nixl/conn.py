@@ -83,6 +83,11 @@ class NixlKVManager(CommonKVManager):
         if peer.handle:
             self.agent.remove_remote(peer.handle)
 
+    def merges_aux(self, peer: PeerInfo) -> bool:
+        """One NIXL transfer has one memory kind per side: KV and metadata rows (DRAM) share
+        it only where the KV lives in DRAM on both sides."""
+        return self.kv_mem == "DRAM" and peer.transfer.get("kv_mem") == "DRAM"
+
     def write(self, peer: PeerInfo, blocks: Blocks, kind: str) -> None:
         if kind == "kv":
             local_mem, local_dev = self.kv_mem, self.kv_dev
