@@ -5,7 +5,7 @@ model and same CPU budget, measured side by side in one run; plots the ITL distr
         [--unified-threads 2] [--pd-threads 1] [--no-pin] [--plot FILE] [--preset P]
 
 1. Load: per request rate, a Poisson stream of chat-length requests plus a few long prompts,
-   both driven by ``sglang.bench_serving`` (two runs side by side: ``random-ids`` chat requests
+   both driven by ``sglang.bench_serving`` (two runs side by side: ``random`` chat requests
    at the rate, and the long prompts at ``n_long / duration``), first on the unified server, then
    on the cluster, with the same seeds. Reported: TTFT and ITL p50/p90/p99/max, output tokens/s,
    PD/unified ratios, the target (p99 ITL <= 0.5x at >= 0.8x throughput) and how busy each
@@ -83,7 +83,7 @@ def bench_serving(url: str, **kw: Any) -> dict[str, Any]:
     from sglang.bench_serving import run_benchmark
     from sglang.bench_serving.args import make_args
 
-    ns = make_args(backend="sglang", base_url=url, dataset_name="random-ids",
+    ns = make_args(backend="sglang", base_url=url, dataset_name="random",
                    output_details=True, disable_tqdm=True, warmup_requests=0, **kw)
     return run_benchmark(ns)
 
