@@ -93,6 +93,12 @@ class _Env:
         return max(0.1, _float("SGLANG_HEALTH_CHECK_TIMEOUT", 20.0))
 
     @property
+    def test_step_delay(self) -> float:
+        """Test only: the scheduler sleeps this long before each forward step (so a long
+        generation outlasts a loaded machine's reaction to a client hanging up)."""
+        return max(0.0, _float("SGLANG_TEST_STEP_DELAY", 0.0))
+
+    @property
     def test_block_scheduler_rid(self) -> str:
         """Test only: the scheduler hangs in the forward step of the request with this rid (so
         a test can see /health go 503 and the --watchdog-timeout fire)."""

@@ -135,6 +135,17 @@ def test_admin_routes(server):
 LONG = {"max_new_tokens": 1500, "ignore_eos": True}
 
 
+@pytest.fixture(scope="module")
+def slow_server(tiny_model, log_dir):
+    """Each step takes at least 10 ms, so LONG lasts 15 s or more: on a loaded machine the tiny
+    model otherwise finishes it before the HTTP process sees the client hang up."""
+    proc = launch_server(tiny_model, log_dir, "slow-steps", ["--max-total-tokens", "2048"],
+                         env={"SGLANG_TEST_STEP_DELAY": "0.01"})
+    yield proc.url
+    assert_pool_whole(proc.url)
+    proc.stop()
+
+
 def stream_lines(server, **body):
     resp = requests.post(server + "/generate", json={**body, "stream": True}, stream=True,
                          timeout=60)
@@ -142,7 +153,8 @@ def stream_lines(server, **body):
     return resp, (line for line in resp.iter_lines() if line.startswith(b"data: "))
 
 
-def test_abort_request_ends_a_running_request(server):
+def test_abort_request_ends_a_running_request(slow_server):
+    server = slow_server
     resp, lines = stream_lines(server, text="Once", rid="abort-me", sampling_params=LONG)
     next(lines)
     requests.post(server + "/abort_request", json={"rid": "abort-me"}, timeout=10)
@@ -151,7 +163,8 @@ def test_abort_request_ends_a_running_request(server):
     assert last["meta_info"]["completion_tokens"] < LONG["max_new_tokens"]
 
 
-def test_client_disconnect_aborts_its_request(server):
+def test_client_disconnect_aborts_its_request(slow_server):
+    server = slow_server
     before = pool_state(server)["forward_ct"]
     resp, lines = stream_lines(server, text="Once", sampling_params=LONG)
     next(lines)

@@ -35,7 +35,7 @@ from sglang.srt.managers.admission import (
 from sglang.srt.managers.output_processor import OutputProcessor
 from sglang.srt.managers.req import Req
 from sglang.srt.managers.schedule_policy import build_decode, build_extend, plan_extend
-from sglang.srt.managers.watchdog import Watchdog, block_if_test_rid
+from sglang.srt.managers.watchdog import Watchdog, apply_test_hooks
 from sglang.srt.mem_cache.cache_manager import KVCacheManager
 from sglang.srt.mem_cache.memory_pool import KVPool
 from sglang.srt.metrics.scheduler_stats import SchedulerStatsRecorder
@@ -231,7 +231,7 @@ class Scheduler:
         batch = self._next_batch()
         if batch is None:
             return False
-        block_if_test_rid(batch.reqs)
+        apply_test_hooks(batch.reqs)
         logits = self.runner.forward(batch.forward)
         self.forward_ct += 1
         self.metrics.on_batch(batch, self.cache.page_size)

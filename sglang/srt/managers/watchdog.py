@@ -62,8 +62,12 @@ class Watchdog:
         os._exit(WATCHDOG_EXIT_CODE)
 
 
-def block_if_test_rid(reqs: list[Any]) -> None:
-    """Test hook: hang here forever if the batch holds SGLANG_TEST_BLOCK_SCHEDULER_RID."""
+def apply_test_hooks(reqs: list[Any]) -> None:
+    """Test hooks, off by default: hang here forever if the batch holds
+    SGLANG_TEST_BLOCK_SCHEDULER_RID; sleep SGLANG_TEST_STEP_DELAY seconds before each step."""
+    delay = envs.test_step_delay
+    if delay:
+        time.sleep(delay)
     rid = envs.test_block_scheduler_rid
     if rid and any(r.rid == rid for r in reqs):
         logger.warning("test hook: blocking the scheduler on rid=%s", rid)
