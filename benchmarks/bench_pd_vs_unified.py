@@ -88,6 +88,25 @@ def bench_serving(url: str, **kw: Any) -> dict[str, Any]:
     return run_benchmark(ns)
 
 
+def prompt_file(path: str, n: int, words: int, seed: int) -> str:
+    """A ShareGPT-format file of ``n`` conversations of ``words`` random lowercase words each: the
+    prompts bench_serving's ``random`` dataset truncates to each request's length. One file per
+    rate and kind, the same for both sides: no prompt repeats, so no prefix-cache hits (the
+    packaged corpus has 51 conversations, and repeats would hit the radix cache)."""
+    import random
+
+    rng = random.Random(seed)
+    letters = "abcdefghijklmnopqrstuvwxyz"
+
+    def text() -> str:
+        return " ".join("".join(rng.choices(letters, k=rng.randint(3, 8))) for _ in range(words))
+
+    data = [{"conversations": [{"from": "human", "value": text()},
+                               {"from": "gpt", "value": "ok"}]} for _ in range(n)]
+    Path(path).write_text(json.dumps(data))
+    return path
+
+
 def mixed_load(url: str, rate: float, c: dict, seed: int, pd: bool, log: str) -> dict[str, Any]:
     """Chat-length Poisson requests at ``rate`` plus ``n_long`` long prompts spread over the same
     duration, as two bench_serving runs side by side; merged into one summary. bench_serving's
@@ -95,13 +114,17 @@ def mixed_load(url: str, rate: float, c: dict, seed: int, pd: bool, log: str) ->
     from transformers import AutoTokenizer  # noqa: F401  (import once, not in two threads)
 
     common = dict(pd_separated=pd, tokenizer=c["model_path"], output_file=log + ".jsonl")
+    n_chat, d = max(1, round(rate * c["duration"])), os.path.dirname(log)
     runs = {
-        "chat": dict(num_prompts=max(1, round(rate * c["duration"])), request_rate=rate,
-                     random_input_len=c["chat_in"], random_output_len=c["chat_out"],
-                     random_range_ratio=0.25, seed=seed),
+        "chat": dict(num_prompts=n_chat, request_rate=rate, random_input_len=c["chat_in"],
+                     random_output_len=c["chat_out"], random_range_ratio=0.25, seed=seed,
+                     dataset_path=prompt_file(f"{d}/prompts_{seed}_chat.json", n_chat,
+                                              c["chat_in"], seed)),
         "long": dict(num_prompts=c["n_long"], request_rate=c["n_long"] / c["duration"],
                      random_input_len=c["long_len"], random_output_len=16,
-                     random_range_ratio=1.0, seed=seed + 1),
+                     random_range_ratio=1.0, seed=seed + 1,
+                     dataset_path=prompt_file(f"{d}/prompts_{seed}_long.json", c["n_long"],
+                                              c["long_len"], seed + 1)),
     }
     out: dict[str, Any] = {}
     errors: list[BaseException] = []
