@@ -28,14 +28,16 @@ def unified(tiny_model, log_dir):
 
 @pytest.fixture(scope="session")
 def pd_clusters(tiny_model, log_dir):
-    """``pd_clusters(backend)``: the session's 1P1D cluster (``PDCluster``) on that backend."""
+    """``pd_clusters(backend, n=1)``: the session's nPnD cluster (``PDCluster``) on that backend,
+    behind mini_lb."""
     clusters = {}
 
-    def get(backend: str):
-        if backend not in clusters:
-            clusters[backend] = launch_pd_cluster(tiny_model, f"{log_dir}/pd-{backend}",
-                                                  backend=backend, args=PD_ARGS)
-        return clusters[backend]
+    def get(backend: str, n: int = 1):
+        if (backend, n) not in clusters:
+            clusters[backend, n] = launch_pd_cluster(
+                tiny_model, f"{log_dir}/pd-{backend}" + (f"-{n}p{n}d" if n > 1 else ""),
+                backend=backend, num_prefill=n, num_decode=n, args=PD_ARGS)
+        return clusters[backend, n]
 
     yield get
     for c in clusters.values():
@@ -43,9 +45,6 @@ def pd_clusters(tiny_model, log_dir):
 
 
 @pytest.fixture(scope="session")
-def pd_2p2d(tiny_model, log_dir):
+def pd_2p2d(pd_clusters):
     """The session's 2 prefill + 2 decode cluster (Mooncake) behind mini_lb."""
-    c = launch_pd_cluster(tiny_model, f"{log_dir}/2p2d", backend="mooncake", num_prefill=2,
-                          num_decode=2, args=PD_ARGS)
-    yield c
-    c.stop()
+    return pd_clusters("mooncake", 2)

@@ -27,6 +27,7 @@ pytest.importorskip("sglang_router", reason="sglang-router is not installed (mak
                     "installs it: pip install -e .[test])")  # fmt: skip
 
 POLICIES = ["random", "round_robin", "power_of_two", "cache_aware"]
+BACKENDS = ["mooncake", "nixl"]
 LOGPROB = dict(return_logprob=True, top_logprobs_num=3, logprob_start_len=0)
 
 
@@ -69,7 +70,7 @@ def assert_pools_whole(cluster):
         assert_pool_whole(p.url)
 
 
-@pytest.mark.parametrize("backend", ["mooncake", "nixl"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_router_1p1d_matches_unified(backend, pd_clusters, unified, fronts):
     cluster = pd_clusters(backend)
     url = fronts(cluster)
@@ -101,7 +102,7 @@ def test_router_1p1d_matches_unified(backend, pd_clusters, unified, fronts):
     assert_pools_whole(cluster)
 
 
-@pytest.mark.parametrize("backend", ["mooncake", "nixl"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_router_openai_routes(backend, pd_clusters, unified, fronts):
     from openai import OpenAI
 
@@ -153,7 +154,9 @@ def work(cluster):
 
 
 @pytest.mark.parametrize("policy", POLICIES)
-def test_router_2p2d(policy, pd_2p2d, unified, fronts):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_router_2p2d(backend, policy, pd_clusters, unified, fronts):
+    pd_2p2d = pd_clusters(backend, 2)
     url = fronts(pd_2p2d, "router", policy)
     prompts = [f"{STORY}Story number {i}:" for i in range(6)]
     refs = gen(unified, text=prompts, sampling_params=GREEDY)
