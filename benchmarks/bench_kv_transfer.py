@@ -19,6 +19,9 @@ way interleaved rep by rep so that all of them see the same machine load:
            INDICES); NIXL: prepped descriptor lists + make_prepped_xfer (prep not timed) and
            initialize_xfer, polling check_xfer_state; the faster of the two.
   memcpy   torch copy_ of the same bytes inside one process (the host's ceiling).
+  busy     (--busy-prefill) the project's path again while the prefill's main thread runs
+           Python until the room is done, as a scheduler computing its next batch does: the
+           transfer worker then waits for the GIL (switch interval 5 ms) at each hand-over.
 ratio = project / the best raw figure of the case. Allocation "contig": both sides' pages
 consecutive (grouping makes one block per layer's K and V); "frag": pages drawn at random from a
 pool twice as large (almost no pair adjacent on both sides: about one block per page and
@@ -250,6 +253,9 @@ def main() -> None:
     ap.add_argument("--pages", default=None, help="comma list: keep only these page sizes")
     ap.add_argument("--tokens", default=None, help="comma list: keep only these prompt sizes")
     ap.add_argument("--alloc", default=None, choices=["contig", "frag"])
+    ap.add_argument("--busy-prefill", action="store_true",
+                    help="also time the project's path while the prefill's main thread runs "
+                         "Python (as a scheduler does): the 'busy' column")
     args = ap.parse_args()
     reps = args.reps or (2 if args.quick else 3)
     backends = ["mooncake", "nixl"] if args.backend == "both" else [args.backend]
@@ -262,7 +268,8 @@ def main() -> None:
           f"TP is not implemented); best of {reps}", flush=True)
     hdr = (f"{'backend':8} {'model':13} {'page':>4} {'tokens':>6} {'alloc':6} {'MB':>8} "
            f"{'blocks':>7} {'setup ms':>8} {'proj ms':>8} {'proj':>6} {'one':>6} {'1MiB':>6} "
-           f"{'same':>6} {'memcpy':>6} {'ratio':>6}  (GB/s; ratio = proj / best raw)")
+           f"{'same':>6} {'memcpy':>6} {'ratio':>6}"
+           + (f" {'busy':>6}" if args.busy_prefill else "") + "  (GB/s; ratio = proj / best raw)")
     rows: list[dict[str, Any]] = []
     t_start = time.time()
     for backend in backends:
@@ -272,13 +279,13 @@ def main() -> None:
             groups.setdefault((m, ps), []).append((n, al))
         for (model, ps), items in groups.items():
             need = max(-(-n // ps) * (2 if al == "frag" else 1) for n, al in items) + 8
-            rows += run_group(backend, model, ps, items, need, reps)
+            rows += run_group(backend, model, ps, items, need, reps, args.busy_prefill)
     print(f"\ntotal {time.time() - t_start:.0f} s", flush=True)
     print(json.dumps(headline(rows)), flush=True)
 
 
 def run_group(backend: str, model: str, ps: int, items: list[tuple[int, str]], pool: int,
-              reps: int) -> list[dict[str, Any]]:
+              reps: int, busy: bool = False) -> list[dict[str, Any]]:
     shape = SHAPES[model]
     item = ps * shape["num_kv_heads"] * shape["head_dim"] * 2
     from sglang.srt.disaggregation.common.utils import free_port
@@ -300,15 +307,17 @@ def run_group(backend: str, model: str, ps: int, items: list[tuple[int, str]], p
             nbytes = npages * item * 2 * shape["num_layers"]
             # interleaved (project, then every raw way, per rep) so all see the same load;
             # small cases are cheap, so they get more reps against the noise
-            r, raw = {}, {}
+            r: dict[str, float] = {}
             for _ in range(reps * (3 if nbytes < 32e6 else 1)):
-                for src_d, dst_d in ((run_case(p, d, addr, src, dst, 1), r),
-                                     (p.call("raw", src, dst, 1, timeout=600), raw)):
-                    for k, v in src_d.items():
-                        dst_d[k] = min(v, dst_d.get(k, float("inf")))
+                got = [run_case(p, d, addr, src, dst, 1), p.call("raw", src, dst, 1, timeout=600)]
+                if busy:
+                    got.append({"busy": run_case(p, d, addr, src, dst, 1, True)["project"]})
+                for one in got:
+                    for k, v in one.items():
+                        r[k] = min(v, r.get(k, float("inf")))
             row = {"backend": backend, "model": model, "page": ps, "tokens": n, "alloc": al,
                    "bytes": nbytes, "blocks": _blocks(src, dst) * 2 * shape["num_layers"],
-                   **r, **raw}
+                   **r}
             print_row(row)
             rows.append(row)
     finally:
@@ -348,7 +357,7 @@ def print_row(row: dict[str, Any]) -> None:
           f"{row['alloc']:6} {row['bytes'] / 1e6:>8.1f} {row['blocks']:>7} "
           f"{row['setup'] * 1e3:>8.1f} {row['project'] * 1e3:>8.2f} {gbps(row, 'project'):>6.2f} "
           f"{g('one'):>6.2f} {g('1MiB'):>6.2f} {g('same'):>6.2f} {gbps(row, 'memcpy'):>6.2f} "
-          f"{ratio:>6.2f}", flush=True)
+          f"{ratio:>6.2f}" + (f" {gbps(row, 'busy'):>6.2f}" if "busy" in row else ""), flush=True)
 
 
 def headline(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -358,6 +367,8 @@ def headline(rows: list[dict[str, Any]]) -> dict[str, Any]:
             key = f"{r['backend']}/{r['model']}/p{r['page']}/{r['tokens']}"
             out[key] = {"gbps": round(gbps(r, "project"), 3), "raw_best": round(best_raw(r), 3),
                         "ratio": round(r["ratio"], 3)}
+            if "busy" in r:
+                out[key]["busy_gbps"] = round(gbps(r, "busy"), 3)
     for b in {r["backend"] for r in rows}:
         for ps in (16, 1):
             rs = [r["ratio"] for r in rows if r["backend"] == b and r["page"] == ps
