@@ -132,7 +132,8 @@ def headline(rates: Sequence[float], runs: dict[tuple[str, float], dict[str, Any
         })
     return {"bench": "pd_vs_unified", "per_rate": per_rate,
             "stall_median_ratio": round(stall["median_ratio"], 3),
-            "stall_within_10pct": bool(stall["median_ratio"] <= 1.10), "cpu": cpu}
+            "stall_within_10pct": bool(stall["median_ratio"] <= 1.10),
+            "stall_decode_cpu_ratio": round(stall.get("cpu_ratio", float("nan")), 3), "cpu": cpu}
 
 
 def plot(rates: Sequence[float], runs: dict[tuple[str, float], dict[str, Any]],
