@@ -10,10 +10,11 @@ model and same CPU budget, measured side by side in one run; plots the ITL distr
    on the cluster, with the same seeds. Reported: TTFT and ITL p50/p90/p99/max, output tokens/s,
    PD/unified ratios, the target (p99 ITL <= 0.5x at >= 0.8x throughput) and how busy each
    engine's CPUs were (CPU seconds of its process tree / wall seconds).
-2. Stall check: one lone stream on the cluster's decode; long prompts then prefill, one after
-   another, and their KV is written into the decode chunk by chunk (``--chunked-prefill-size``)
-   while the stream runs. Its ITL while a long prompt is in flight (sent, first token not yet
-   back) over its ITL without: the transfer must not stall the decode's steps (<= 1.10).
+2. Stall check (pd_stall_check.py): one lone stream on the cluster's decode; long prompts then
+   prefill, one after another, and their KV is written into the decode chunk by chunk
+   (``--chunked-prefill-size``) while the stream runs. Its ITL while a long prompt is in flight
+   (sent, first token not yet back) over its ITL without: the transfer must not stall the
+   decode's steps (<= 1.10); also the decode's CPU seconds per token in and out.
 
 CPU budget: the unified server gets every core of this process's affinity set and
 SGLANG_CPU_THREADS=--unified-threads; the prefill gets the first half of the cores, the decode
@@ -35,14 +36,13 @@ import time
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-import psutil
-import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import pd_vs_unified_report as rep  # noqa: E402
+from pd_stall_check import cpu_seconds, stall_check  # noqa: E402
 from bench_pd import Prompts, model_dir, stop_own_children  # noqa: E402
 
-from sglang.test.server_utils import Proc, launch_pd_cluster, launch_server  # noqa: E402
+from sglang.test.server_utils import launch_pd_cluster, launch_server  # noqa: E402
 
 QUICK = dict(preset="tiny", rates=[2.0, 6.0], duration=5.0, chat_in=128, chat_out=64,
              long_len=1024, n_long=2, stream_tokens=3000, stall_longs=4)
@@ -63,19 +63,6 @@ def pinned(cpus: Optional[set[int]]) -> Iterator[None]:
         yield
     finally:
         os.sched_setaffinity(0, old)
-
-
-def cpu_seconds(procs: list[Proc]) -> float:
-    total = 0.0
-    for p in procs:
-        try:
-            root = psutil.Process(p.popen.pid)
-            for q in [root, *root.children(recursive=True)]:
-                t = q.cpu_times()
-                total += t.user + t.system
-        except psutil.Error:
-            pass
-    return total
 
 
 def bench_serving(url: str, **kw: Any) -> dict[str, Any]:
@@ -144,76 +131,6 @@ def mixed_load(url: str, rate: float, c: dict, seed: int, pd: bool, log: str) ->
     if errors:
         raise RuntimeError(f"bench_serving failed: {errors[0]!r}") from errors[0]
     return rep.merge_bench_results([out["chat"], out["long"]])
-
-
-def stream_until(url: str, ids: list[int], max_new: int, stop: threading.Event,
-                 chunks: list[tuple[float, int]]) -> None:
-    """Streaming /generate, recording (arrival time, new tokens) per chunk, until ``stop``."""
-    body = {"input_ids": ids, "stream": True, "sampling_params": {
-        "max_new_tokens": max_new, "temperature": 0, "ignore_eos": True}}
-    seen = 0
-    with requests.post(url + "/generate", json=body, stream=True, timeout=600) as r:
-        r.raise_for_status()
-        for line in r.iter_lines():
-            if stop.is_set():
-                break
-            if not line.startswith(b"data:") or line[5:].strip() == b"[DONE]":
-                continue
-            n = len(json.loads(line[5:]).get("output_ids") or [])
-            chunks.append((time.perf_counter(), n - seen))
-            seen = n
-
-
-def stall_check(url: str, prompts: Prompts, c: dict, decode: Proc) -> dict[str, Any]:
-    """A lone stream on the decode; long prompts are prefilled and transferred in, one at a time
-    with quiet stretches of 20 tokens between. Windows = [long prompt sent, its first token].
-    Besides the stream's ITL, the decode's own CPU seconds per streamed token inside and outside
-    the windows: work the transfer adds to the decode process (Mooncake's TCP receive runs in
-    its threads) against time spent waiting for a core."""
-    chunks: list[tuple[float, int]] = []
-    stop = threading.Event()
-    th = threading.Thread(target=stream_until, daemon=True,
-                          args=(url, prompts(64), c["stream_tokens"], stop, chunks))
-    th.start()
-    deadline = time.time() + 120
-    while len(chunks) < 10 and th.is_alive() and time.time() < deadline:
-        time.sleep(0.01)
-
-    def mark(busy: bool) -> None:
-        marks.append((time.perf_counter(), cpu_seconds([decode]), busy))
-
-    def quiet_tokens(n: int) -> None:
-        q0 = len(chunks)
-        while len(chunks) < q0 + n and th.is_alive():
-            time.sleep(0.005)
-
-    marks: list[tuple[float, float, bool]] = []
-    mark(False)
-    quiet_tokens(20)
-    windows = []
-    for _ in range(c["stall_longs"]):
-        mark(True)
-        body = {"input_ids": prompts(c["long_len"]), "sampling_params": {
-            "max_new_tokens": 1, "temperature": 0}}
-        requests.post(url + "/generate", json=body, timeout=600).raise_for_status()
-        windows.append((marks[-1][0], time.perf_counter()))
-        mark(False)
-        quiet_tokens(20)
-    mark(False)
-    stop.set()
-    th.join(60)
-    quiet, busy = rep.split_by_windows(list(chunks), windows)
-    cpu = {False: [0.0, 0], True: [0.0, 0]}  # CPU seconds, tokens
-    for (t0, c0, b), (t1, c1, _) in zip(marks, marks[1:]):
-        cpu[b][0] += c1 - c0
-        cpu[b][1] += sum(k for t, k in chunks if t0 < t <= t1)
-    per_tok = {b: v[0] / v[1] if v[1] else float("nan") for b, v in cpu.items()}
-    return {**rep.stall_ratio(quiet, busy),
-            "window_ms": sum(b - a for a, b in windows) / len(windows) * 1e3,
-            "cpu_ms_per_token_quiet": per_tok[False] * 1e3,
-            "cpu_ms_per_token_busy": per_tok[True] * 1e3,
-            "cpu_ratio": per_tok[True] / per_tok[False] if per_tok[False] > 0 else float("nan"),
-            "stream_ended_early": not any(True for t, _ in chunks if t > windows[-1][1])}
 
 
 def print_table(rates: list[float], runs: dict, cpu: dict) -> None:
