@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from pool_checks import assert_pool_whole
 from sglang.test.server_utils import free_port, launch_server, start
 
-# conftest.py's REFERENCE_ARGS (the shared cluster's, less --enable-metrics)
+# tests/conftest.py's REFERENCE_ARGS (the shared cluster's, less --enable-metrics)
 SERVER_ARGS = ["--chunked-prefill-size", "32", "--page-size", "4", "--max-total-tokens", "4096",
                "--context-length", "1024"]
 M = 6  # max_new_tokens of every request (ignore_eos)

@@ -27,7 +27,7 @@ PROMPTS = [
     "Hello",
 ]
 GREEDY = {"temperature": 0, "max_new_tokens": 24}
-# the reference server ``unified`` and the clusters come from conftest.py
+# the reference server ``unified`` and the clusters come from tests/conftest.py
 
 
 @pytest.fixture(scope="module", params=["mooncake", "nixl"])

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from pool_checks import assert_pool_whole
-from sglang.test.server_utils import launch_pd_cluster, launch_server
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "entrypoints"))
 import openai_checks  # noqa: E402
@@ -19,18 +18,8 @@ CHECKS = ["check_models", "check_completion", "check_completion_stream", "check_
 
 
 @pytest.fixture(scope="module")
-def unified(tiny_model, log_dir):
-    proc = launch_server(tiny_model, log_dir, "openai-unified", ["--max-total-tokens", "4096"])
-    yield proc.url
-    proc.stop()
-
-
-@pytest.fixture(scope="module")
-def pd(tiny_model, log_dir):
-    c = launch_pd_cluster(tiny_model, f"{log_dir}/openai-pd", "mooncake",
-                          args=["--max-total-tokens", "4096"])
-    yield c
-    c.stop()
+def pd(pd_clusters):
+    return pd_clusters("mooncake")  # the session's 1P1D cluster; ``unified``: the session's too
 
 
 @pytest.mark.parametrize("check", CHECKS)
