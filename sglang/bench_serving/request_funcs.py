@@ -151,9 +151,9 @@ async def request_sglang_generate(inp: RequestFuncInput, pbar=None) -> RequestFu
     return await _run(inp, payload, parse, pbar)
 
 
-async def request_openai_completions(inp: RequestFuncInput, pbar=None) -> RequestFuncOutput:
-    payload = {"model": inp.model, "prompt": inp.prompt, "temperature": 0.0, "best_of": 1,
-               "max_tokens": inp.output_len, "stream": inp.stream,
+async def _openai(inp: RequestFuncInput, payload: dict, text_of, pbar) -> RequestFuncOutput:
+    """Both OpenAI routes: the usage gives the token count, ``text_of(choice)`` the new text."""
+    payload = {**payload, "temperature": 0.0, "max_tokens": inp.output_len, "stream": inp.stream,
                "ignore_eos": inp.ignore_eos, **inp.extra_request_body}
     if inp.stream:
         payload.setdefault("stream_options", {"include_usage": True})
@@ -162,32 +162,24 @@ async def request_openai_completions(inp: RequestFuncInput, pbar=None) -> Reques
         usage = data.get("usage") or {}
         if "completion_tokens" in usage:
             out.output_len = usage["completion_tokens"]
-        choices = data.get("choices") or []
-        if choices and choices[0].get("text"):
-            timer.chunk()
-            out.generated_text += choices[0]["text"]
-
-    return await _run(inp, payload, parse, pbar)
-
-
-async def request_openai_chat(inp: RequestFuncInput, pbar=None) -> RequestFuncOutput:
-    payload = {"model": inp.model, "messages": [{"role": "user", "content": inp.prompt}],
-               "temperature": 0.0, "max_tokens": inp.output_len, "stream": inp.stream,
-               "ignore_eos": inp.ignore_eos, **inp.extra_request_body}
-    if inp.stream:
-        payload.setdefault("stream_options", {"include_usage": True})
-
-    def parse(data: dict, out: RequestFuncOutput, timer: _Timer) -> None:
-        usage = data.get("usage") or {}
-        if "completion_tokens" in usage:
-            out.output_len = usage["completion_tokens"]
-        choice = (data.get("choices") or [{}])[0]
-        text = (choice.get("delta") or choice.get("message") or {}).get("content")
+        text = text_of((data.get("choices") or [{}])[0])
         if text:
             timer.chunk()
             out.generated_text += text
 
     return await _run(inp, payload, parse, pbar)
+
+
+async def request_openai_completions(inp: RequestFuncInput, pbar=None) -> RequestFuncOutput:
+    return await _openai(inp, {"model": inp.model, "prompt": inp.prompt, "best_of": 1},
+                         lambda choice: choice.get("text"), pbar)
+
+
+async def request_openai_chat(inp: RequestFuncInput, pbar=None) -> RequestFuncOutput:
+    return await _openai(
+        inp, {"model": inp.model, "messages": [{"role": "user", "content": inp.prompt}]},
+        lambda choice: (choice.get("delta") or choice.get("message") or {}).get("content"),
+        pbar)
 
 
 ASYNC_REQUEST_FUNCS = {
