@@ -89,6 +89,17 @@ class BadRequestError(ValueError):
     """Bad input from a client; the HTTP layer answers 400 with its text."""
 
 
+def _check_ints(name: str, values: list, lo: int, hi: int) -> None:
+    """Each value None or an integer (not a bool) in [lo, hi]; else a 400 saying which."""
+    for v in values:
+        if v is None:
+            continue
+        if not isinstance(v, int) or isinstance(v, bool):
+            raise BadRequestError(f"'{name}' must be an integer, got {type(v).__name__}")
+        if not lo <= v <= hi:
+            raise BadRequestError(f"'{name}' must be in [{lo}, {hi}], got {v}")
+
+
 @dataclass
 class GenerateReqInput:
     """SGLang's native /generate body. ``normalize()`` splits a batch into single requests."""
@@ -174,6 +185,10 @@ class GenerateReqInput:
         hosts = per_item("bootstrap_host", self.bootstrap_host, (str,))
         ports = per_item("bootstrap_port", self.bootstrap_port, (int,))
         rooms = per_item("bootstrap_room", self.bootstrap_room, (int,))
+        # Rooms are 63-bit (SGLang's balancers draw them from [0, 2**63)): anything else would
+        # fail deep in the transfer layer's uint64 / msgpack encoding instead of here.
+        _check_ints("bootstrap_room", rooms, 0, 2**63 - 1)
+        _check_ints("bootstrap_port", ports, 1, 65535)
         if not isinstance(self.stream, bool):
             raise BadRequestError("'stream' must be a boolean")
         out = []
