@@ -84,6 +84,13 @@ def _parse_include(request: Request) -> set[str]:
 def register_admin_routes(app: FastAPI, tm: Any, state: Any) -> None:
     from sglang.srt.entrypoints.http_server import JSON, read_json
 
+    async def _from_scheduler(ask: Any) -> Any:
+        """``ask()``'s answer as JSON, or 503 when the scheduler does not answer."""
+        try:
+            return JSON(await ask())
+        except (RuntimeError, asyncio.TimeoutError) as e:
+            return _unavailable(f"the scheduler did not answer: {e or 'timeout'}")
+
     @app.get("/health")
     async def health() -> Response:
         if not state.ready:
@@ -126,17 +133,11 @@ def register_admin_routes(app: FastAPI, tm: Any, state: Any) -> None:
     @app.get("/server_info")
     @app.get("/get_server_info")
     async def server_info() -> Any:
-        try:
-            return JSON(await tm.get_server_info())
-        except (RuntimeError, asyncio.TimeoutError) as e:
-            return _unavailable(f"the scheduler did not answer: {e or 'timeout'}")
+        return await _from_scheduler(tm.get_server_info)
 
     @app.get("/get_load")
     async def get_load() -> Any:
-        try:
-            return JSON(await tm.get_load())
-        except (RuntimeError, asyncio.TimeoutError) as e:
-            return _unavailable(f"the scheduler did not answer: {e or 'timeout'}")
+        return await _from_scheduler(tm.get_load)
 
     @app.get("/v1/loads")
     async def v1_loads(request: Request) -> Any:
