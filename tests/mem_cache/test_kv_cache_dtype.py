@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from sglang.srt.disaggregation.common.handshake import compat_problem
 from sglang.srt.layers.attention_backend import TorchAttnBackend
-from sglang.srt.managers import scheduler as scheduler_mod
+from sglang.srt.mem_cache import pool_sizing
 from sglang.srt.mem_cache.kv_dtype import kv_dtype_name, resolve_kv_cache_dtype
 from sglang.srt.mem_cache.memory_pool import KVLayout, KVPool
 from sglang.srt.model_executor.forward_batch import ForwardBatch, ForwardMode
@@ -67,14 +67,12 @@ def test_pool_stores_fp8_bytes(name):
 
 
 def test_sizing_from_memory_fraction_fits_twice_the_tokens(monkeypatch):
-    monkeypatch.setattr(scheduler_mod.psutil, "virtual_memory",
+    monkeypatch.setattr(pool_sizing.psutil, "virtual_memory",
                         lambda: SimpleNamespace(available=1 << 30))
-    args = SimpleNamespace(max_total_tokens=None, mem_fraction_static=0.01, page_size=16)
-    me = SimpleNamespace(args=args, device="cpu")
     pages = {}
     for name, dtype in [("bf16", torch.bfloat16), ("fp8_e4m3", torch.float8_e4m3fn)]:
         bpt = KVLayout(**SMOL_SHAPE, page_size=16, dtype=dtype).bytes_per_token
-        pages[name] = scheduler_mod.Scheduler._pool_pages(me, bpt)
+        pages[name] = pool_sizing.kv_pool_pages(bpt, 16, "cpu", None, 0.01)
     print(f"\n1 GiB x 0.01 on the SmolLM2 shape: bf16 {pages['bf16'] * 16} tokens, "
           f"fp8 {pages['fp8_e4m3'] * 16} tokens")
     assert pages["bf16"] > 0

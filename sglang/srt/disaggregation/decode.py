@@ -25,10 +25,9 @@ from typing import TYPE_CHECKING, Any, Optional
 import numpy as np
 
 from sglang.srt.disaggregation.base.conn import ABORTED, BaseKVReceiver, KVPoll
-from sglang.srt.disaggregation.fake.conn import FakeKVReceiver
-from sglang.srt.disaggregation.queues_common import DisaggQueuesBase
-from sglang.srt.disaggregation.utils import create_kv_receiver
+from sglang.srt.disaggregation.queues_common import Connect, DisaggQueuesBase
 from sglang.srt.env import envs
+from sglang.srt.managers.disagg_protocol import Admissions, Decoded, Load, PDContext
 
 if TYPE_CHECKING:
     from sglang.srt.managers.req import Req
@@ -51,8 +50,8 @@ class HeldPages:
 class DecodeQueues(DisaggQueuesBase):
     mode = "decode"
 
-    def __init__(self, sched: Any):
-        super().__init__(sched)
+    def __init__(self, ctx: PDContext, connect: Optional[Connect] = None):
+        super().__init__(ctx, connect)
         self.prealloc: list[Req] = []
         self.transfer: list[Req] = []
         self.iteration = 0
@@ -64,35 +63,35 @@ class DecodeQueues(DisaggQueuesBase):
         # input_token_logprobs / input_top_logprobs as empty lists, as SGLang's decode does,
         # and the balancer (mini_lb, sglang-router) prepends the prefill's values
         # (sglang-router merges only into a key the decode's response already has).
-        req.disagg = create_kv_receiver(self.mgr, self.backend, req.bootstrap_host,
-                                        req.bootstrap_port, req.bootstrap_room)
+        req.disagg = self.conn.receiver(req.bootstrap_host, req.bootstrap_port,
+                                        req.bootstrap_room)
         self.prealloc.append(req)
         logger.debug("room=%s rid=%s: prealloc queue", req.bootstrap_room, req.rid)
 
     def busy(self) -> bool:
         return bool(self.prealloc or self.transfer)
 
-    def step(self) -> None:
+    def poll(self, load: Load) -> Admissions:
+        adm = Admissions()
         self.iteration += 1
         if self.held:
             self._release_held()
-        if self.iteration % max(1, self.sched.args.disaggregation_decode_polling_interval) == 0:
-            self._pop_preallocated()
-        self._pop_transferred()
+        if self.iteration % max(1, self.ctx.args.disaggregation_decode_polling_interval) == 0:
+            self._pop_preallocated(load, adm)
+        self._pop_transferred(adm)
+        return adm
 
-    def _can_admit(self, req: "Req") -> bool:
-        s = self.sched
-        if len(s.running) + len(self.transfer) >= s.max_running:
+    def _can_admit(self, req: "Req", load: Load) -> bool:
+        if load.running + len(self.transfer) >= load.max_running:
             return False
-        if s.waiting:  # retracted requests resume first
+        if load.waiting:  # retracted requests resume first
             return False
-        cache = s.cache
-        reserve = min(req.max_new_tokens, s.args.num_reserved_decode_tokens)
-        need = cache.pages_for(len(req.origin_input_ids) + reserve)
+        reserve = min(req.max_new_tokens, self.ctx.args.num_reserved_decode_tokens)
+        need = self.kv.pages_for(len(req.origin_input_ids) + reserve)
         # keep one page of headroom for each request already decoding or arriving
-        return need + len(s.running) + len(self.transfer) <= cache.available_pages
+        return need + load.running + len(self.transfer) <= self.kv.available_pages
 
-    def _pop_preallocated(self) -> None:
+    def _pop_preallocated(self, load: Load, adm: Admissions) -> None:
         for req in list(self.prealloc):
             state = req.disagg.poll()
             if state == KVPoll.Bootstrapping:
@@ -100,14 +99,14 @@ class DecodeQueues(DisaggQueuesBase):
             if state == KVPoll.Failed:
                 self.prealloc.remove(req)
                 self.fail(req, "Decode handshake failed")
-                self.sched.finish(req, cache=False)
+                adm.ended.append(req)
                 continue
-            if not self._can_admit(req):
+            if not self._can_admit(req, load):
                 break
             slot = self.slots.alloc()
             if slot is None:
                 break
-            if not self.sched.cache.grow(req, len(req.origin_input_ids)):
+            if not self.kv.grow(req, len(req.origin_input_ids)):
                 self.slots.free(slot)
                 break
             req.metadata_index = slot
@@ -117,47 +116,35 @@ class DecodeQueues(DisaggQueuesBase):
             logger.debug("room=%s rid=%s: %d pages sent", req.bootstrap_room, req.rid,
                          len(req.pages))
 
-    def _pop_transferred(self) -> None:
-        s = self.sched
+    def _pop_transferred(self, adm: Admissions) -> None:
         for req in list(self.transfer):
             state = req.disagg.poll()
             if state == KVPoll.Failed:
                 self.transfer.remove(req)
                 self.fail(req, "Decode transfer failed")
                 self._hold(req)
-                s.finish(req, cache=False)
+                adm.ended.append(req)
                 continue
             if state != KVPoll.Success:
                 continue
             row = self.metadata.get_buf(req.metadata_index)
             self.transfer.remove(req)
-            fake = isinstance(req.disagg, FakeKVReceiver)  # moves no data, so no room either
-            if row["room"] != (req.bootstrap_room or 0) % (1 << 64) and not fake:
+            # a backend that moves no data (fake) writes no room either
+            if (req.disagg.moves_data
+                    and row["room"] != (req.bootstrap_room or 0) % (1 << 64)):
                 req.abort(f"Metadata corruption detected - bootstrap_room mismatch "
                           f"(expected {req.bootstrap_room}, got {row['room']})")
-                s.finish(req, cache=False)
+                adm.ended.append(req)
                 continue
-            req.kv_len = len(req.origin_input_ids)
-            req.cached_tokens = row["cached_tokens"]
-            if req.return_logprob:
-                req.pending_logprobs.append((row["logprob"], row["first_token"]))
-                req.pending_top.append(row["top_logprobs"][: req.top_logprobs_num])
-            s.out.append_token(req, row["first_token"])
             self.release(req)
-            if req.finished:
-                s.finish(req)
-                continue
-            s.running.append(req)
-            if req.stream or req.return_logprob:
-                s.outbox.append(s.out.make_output(req))
+            adm.decoded.append(Decoded(req, row["first_token"], row["cached_tokens"],
+                                       row["logprob"], row["top_logprobs"]))
 
-    def after_forward(self, batch: "ScheduledBatch") -> None:
-        pass
+    def after_prefill(self, batch: "ScheduledBatch") -> list["Req"]:
+        return []  # a decode server runs no prompt passes for PD requests
 
-    def takes(self, req: "Req") -> bool:
-        return False
-
-    def abort(self, rid: str) -> None:
+    def abort(self, rid: str) -> list["Req"]:
+        ended = []
         for queue in (self.prealloc, self.transfer):
             for req in list(queue):
                 if rid in ("", req.rid):
@@ -166,7 +153,8 @@ class DecodeQueues(DisaggQueuesBase):
                     req.abort(ABORTED, 499)
                     if queue is self.transfer:
                         self._hold(req)
-                    self.sched.finish(req, cache=False)
+                    ended.append(req)
+        return ended
 
     # ---- deferred release -----------------------------------------------------------------
     def _hold(self, req: "Req") -> None:
@@ -200,12 +188,16 @@ class DecodeQueues(DisaggQueuesBase):
             else:
                 continue
             self.held.remove(h)
-            self.sched.cache.allocator.free(h.pages)
+            self.kv.free_pages(h.pages)
             if h.slot is not None:
                 self.metadata.reset(h.slot)
                 self.slots.free(h.slot)
             h.receiver.clear()
             self.released[how] += 1
+
+    def queue_sizes(self) -> dict[str, int]:
+        return {"num_decode_prealloc_queue_reqs": len(self.prealloc),
+                "num_decode_transfer_queue_reqs": len(self.transfer)}
 
     def info(self) -> dict[str, Any]:
         return {

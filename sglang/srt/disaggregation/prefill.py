@@ -1,24 +1,24 @@
 """Prefill-mode queues.
 
 A request arrives with its bootstrap fields and waits in the bootstrap queue until its decode
-server has sent page indices and a metadata slot. It then runs in the normal waiting queue
-(chunked prefill, prefix cache); after every chunk its whole computed pages are written into the
-decode's pages; after the last chunk the metadata row (first token, logprobs, room) follows and
-the request waits in the inflight queue until the transfer is done. Then its KV is released (its
-whole pages stay in the prefix cache) and its HTTP response (first token, input logprobs) ends.
+server has sent page indices and a metadata slot; ``poll`` then admits it to the scheduler,
+which runs it as any prompt (chunked prefill, prefix cache). After every chunk
+(``after_prefill``) its whole computed pages are handed to the sender; after the last chunk the
+metadata row (first token, logprobs, room) follows and the request waits in the inflight queue
+until the transfer is done; ``poll`` then ends it, and the scheduler releases its KV (its whole
+pages stay in the prefix cache) and answers it (first token, input logprobs).
 """
 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 
-from sglang.srt.disaggregation.base.conn import ABORTED, KVPoll
-from sglang.srt.disaggregation.queues_common import DisaggQueuesBase
-from sglang.srt.disaggregation.utils import create_kv_sender
-from sglang.srt.model_executor.forward_batch import ForwardMode
+from sglang.srt.disaggregation.base.conn import KVPoll
+from sglang.srt.disaggregation.queues_common import Connect, DisaggQueuesBase
+from sglang.srt.managers.disagg_protocol import Admissions, Load, PDContext
 
 if TYPE_CHECKING:
     from sglang.srt.managers.req import Req
@@ -30,23 +30,23 @@ logger = logging.getLogger(__name__)
 class PrefillQueues(DisaggQueuesBase):
     mode = "prefill"
 
-    def __init__(self, sched: Any):
-        super().__init__(sched)
+    def __init__(self, ctx: PDContext, connect: Optional[Connect] = None):
+        super().__init__(ctx, connect)
         self.bootstrap: list[Req] = []
         self.inflight: list[Req] = []
 
     def add(self, req: "Req") -> None:
         req.max_new_tokens = min(req.max_new_tokens, 1)
-        req.disagg = create_kv_sender(self.mgr, self.backend, req.bootstrap_host,
-                                      req.bootstrap_port, req.bootstrap_room)
+        req.disagg = self.conn.sender(req.bootstrap_host, req.bootstrap_port, req.bootstrap_room)
         self.bootstrap.append(req)
         logger.debug("room=%s rid=%s: bootstrap queue", req.bootstrap_room, req.rid)
 
     def busy(self) -> bool:
         return bool(self.bootstrap or self.inflight)
 
-    def step(self) -> None:
-        ps = self.sched.cache.page_size
+    def poll(self, load: Load) -> Admissions:
+        adm = Admissions()
+        ps = self.kv.page_size
         for req in list(self.bootstrap):
             state = req.disagg.poll()
             if state == KVPoll.Bootstrapping:
@@ -54,7 +54,7 @@ class PrefillQueues(DisaggQueuesBase):
             if state == KVPoll.Failed:
                 self.bootstrap.remove(req)
                 self.fail(req, "Prefill bootstrap failed")
-                self.sched.finish(req)
+                adm.ended.append(req)
                 continue
             slot = self.slots.alloc()
             if slot is None:
@@ -62,8 +62,8 @@ class PrefillQueues(DisaggQueuesBase):
             req.metadata_index = slot
             req.disagg.init(-(-len(req.origin_input_ids) // ps), slot)
             self.bootstrap.remove(req)
-            self.sched.metrics.on_bootstrapped(req)
-            self.sched.waiting.append(req)
+            self.stats.on_bootstrapped(req)
+            adm.admitted.append(req)
         for req in list(self.inflight):
             state = req.disagg.poll()
             if state == KVPoll.Success:
@@ -73,12 +73,14 @@ class PrefillQueues(DisaggQueuesBase):
             else:
                 continue
             self.inflight.remove(req)
-            self.sched.finish(req)
+            adm.ended.append(req)
+        return adm
 
-    def after_forward(self, batch: "ScheduledBatch") -> None:
-        if batch.mode != ForwardMode.EXTEND:
-            return
-        ps = self.sched.cache.page_size
+    def after_prefill(self, batch: "ScheduledBatch") -> list["Req"]:
+        """Hand each request's newly computed whole pages to its sender; after the last chunk
+        also its metadata row. Returns the requests now held by their transfer."""
+        ps = self.kv.page_size
+        held = []
         for req in batch.reqs:
             if req.disagg is None or req.finished and req.finished_reason["type"] == "abort":
                 continue
@@ -99,28 +101,29 @@ class PrefillQueues(DisaggQueuesBase):
                 req.sent_pages = end
             if last:
                 self.inflight.append(req)
+                held.append(req)
                 logger.debug("room=%s rid=%s: inflight", req.bootstrap_room, req.rid)
+        return held
 
-    def takes(self, req: "Req") -> bool:
-        return req in self.inflight
-
-    def abort(self, rid: str) -> None:
-        for req in list(self.bootstrap):
-            if rid in ("", req.rid):
-                self.bootstrap.remove(req)
-                req.abort(ABORTED, 499)
-                self.sched.finish(req)
+    def abort(self, rid: str) -> list["Req"]:
+        ended = [r for r in self.bootstrap if rid in ("", r.rid)]
+        self.bootstrap = [r for r in self.bootstrap if r not in ended]
         for req in self.inflight:
             if rid in ("", req.rid):
-                req.disagg.abort()  # the next poll fails it and frees its pages
+                req.disagg.abort()  # the next poll fails it and ends it
+        return ended
 
     def record(self, metric: dict[str, Any], req: "Req") -> None:
         req.transfer = metric
         self.last_transfer = metric
-        self.sched.metrics.on_transfer(metric)
+        self.stats.on_transfer(metric)
         self.totals["transfers"] += 1
         for k in ("bytes", "seconds", "blocks"):
             self.totals[k] += metric.get(k, 0) or 0
+
+    def queue_sizes(self) -> dict[str, int]:
+        return {"num_prefill_bootstrap_queue_reqs": len(self.bootstrap),
+                "num_prefill_inflight_queue_reqs": len(self.inflight)}
 
     def info(self) -> dict[str, Any]:
         return {

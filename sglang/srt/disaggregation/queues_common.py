@@ -1,68 +1,102 @@
-"""What the prefill and decode queues share: the KV manager, metadata rows, transfer totals."""
+"""What the prefill and decode queues share: the connector to the transfer backend, the
+metadata rows and their slots, failure and transfer accounting.
+
+The queues implement ``managers.disagg_protocol.DisaggLayer``: they never touch the scheduler;
+they see the KV cache through the ``KVPort`` of their ``PDContext``.
+"""
 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
-from sglang.srt.disaggregation.base.conn import KVArgs, KVPoll
+from sglang.srt.disaggregation.base.conn import BaseKVManager, KVArgs, KVPoll
 from sglang.srt.disaggregation.common.metadata_buffers import (
     MetadataBuffers,
     MetadataSlotAllocator,
 )
-from sglang.srt.disaggregation.utils import get_kv_class
+from sglang.srt.disaggregation.utils import create_kv_receiver, create_kv_sender, get_kv_class
+from sglang.srt.managers.disagg_protocol import PDContext
 
 if TYPE_CHECKING:
     from sglang.srt.managers.req import Req
-    from sglang.srt.managers.scheduler import Scheduler
 
 logger = logging.getLogger(__name__)
+
+
+class BackendConnector:
+    """The data plane of one transfer backend, used by composition: its manager (engine,
+    registered memory, control threads) and a sender or receiver per request."""
+
+    def __init__(self, backend: str, kv_args: KVArgs, mode: str):
+        self.backend = backend
+        self.mgr: BaseKVManager = get_kv_class(backend, "manager")(kv_args, mode)
+
+    def sender(self, host: Optional[str], port: Optional[int], room: int) -> Any:
+        return create_kv_sender(self.mgr, self.backend, host, port, room)
+
+    def receiver(self, host: Optional[str], port: Optional[int], room: int) -> Any:
+        return create_kv_receiver(self.mgr, self.backend, host, port, room)
+
+    def describe(self) -> dict[str, Any]:
+        return self.mgr.describe()
+
+    def shutdown(self) -> None:
+        self.mgr.shutdown()
+
+
+Connect = Callable[[str, KVArgs, str], Any]  # (backend, kv_args, mode) -> connector
+
+
+def kv_args_of(ctx: PDContext, aux: tuple[list[int], list[int], list[int]]) -> KVArgs:
+    args, pool = ctx.args, ctx.pool
+    host = "127.0.0.1" if args.host in ("0.0.0.0", "::", "localhost") else args.host
+    aux_ptrs, aux_lens, aux_item_lens = aux
+    return KVArgs(
+        engine_rank=0,
+        kv_data_ptrs=pool.data_ptrs(),
+        kv_data_lens=pool.data_lens(),
+        kv_item_len=pool.item_len,
+        aux_data_ptrs=aux_ptrs,
+        aux_data_lens=aux_lens,
+        aux_item_lens=aux_item_lens,
+        page_size=pool.page_size,
+        kv_dtype=pool.dtype_name,  # --kv-cache-dtype's spelling: fp8_e4m3, bfloat16
+        model_shape={
+            "num_layers": pool.layout.num_layers,
+            "num_kv_heads": pool.layout.num_kv_heads,
+            "head_dim": pool.layout.head_dim,
+        },
+        device=ctx.device,
+        # the device the pages live on (not --base-gpu-id: on a CPU it means nothing)
+        gpu_id=pool.buffer.device.index or 0 if pool.buffer.is_cuda else 0,
+        ib_device=args.disaggregation_ib_device,
+        local_host=host,
+        bootstrap_port=args.disaggregation_bootstrap_port,
+    )
 
 
 class DisaggQueuesBase:
     mode = ""
 
-    def __init__(self, sched: "Scheduler"):
-        self.sched = sched
-        args = sched.args
-        self.backend = args.disaggregation_transfer_backend
-        n_slots = 2 * sched.max_running + 8
+    def __init__(self, ctx: PDContext, connect: Optional[Connect] = None):
+        self.ctx = ctx
+        self.kv = ctx.kv
+        self.stats = ctx.stats
+        self.backend = ctx.args.disaggregation_transfer_backend
+        n_slots = 2 * ctx.max_running + 8
         self.metadata = MetadataBuffers(n_slots)
         self.slots = MetadataSlotAllocator(n_slots)
         self.num_slots = n_slots
-        aux_ptrs, aux_lens, aux_item_lens = self.metadata.ptrs_lens_item_lens()
-        pool = sched.pool
-        host = "127.0.0.1" if args.host in ("0.0.0.0", "::", "localhost") else args.host
-        kv_args = KVArgs(
-            engine_rank=0,
-            kv_data_ptrs=pool.data_ptrs(),
-            kv_data_lens=pool.data_lens(),
-            kv_item_len=pool.item_len,
-            aux_data_ptrs=aux_ptrs,
-            aux_data_lens=aux_lens,
-            aux_item_lens=aux_item_lens,
-            page_size=pool.page_size,
-            kv_dtype=pool.dtype_name,  # --kv-cache-dtype's spelling: fp8_e4m3, bfloat16
-            model_shape={
-                "num_layers": pool.layout.num_layers,
-                "num_kv_heads": pool.layout.num_kv_heads,
-                "head_dim": pool.layout.head_dim,
-            },
-            device=sched.device,
-            # the device the pages live on (not --base-gpu-id: on a CPU it means nothing)
-            gpu_id=pool.buffer.device.index or 0 if pool.buffer.is_cuda else 0,
-            ib_device=args.disaggregation_ib_device,
-            local_host=host,
-            bootstrap_port=args.disaggregation_bootstrap_port,
-        )
-        self.mgr = get_kv_class(self.backend, "manager")(kv_args, self.mode)
+        kv_args = kv_args_of(ctx, self.metadata.ptrs_lens_item_lens())
+        self.conn = (connect or BackendConnector)(self.backend, kv_args, self.mode)
         self.totals = {"transfers": 0, "failed": 0, "bytes": 0, "seconds": 0.0, "blocks": 0}
         self.last_transfer: dict[str, Any] = {}
         logger.info("PD %s: %s", self.mode, self.describe())
 
     def release(self, req: "Req") -> None:
-        """Called when the scheduler finishes ``req`` (also on aborts): forget its room and
-        give back its metadata slot."""
+        """The scheduler finished ``req`` (also on aborts): forget its room and give back its
+        metadata slot."""
         if req.disagg is not None:
             if req.disagg.poll() not in (KVPoll.Success, KVPoll.Failed):
                 req.disagg.abort()
@@ -81,15 +115,15 @@ class DisaggQueuesBase:
         req.finished_reason = None
         req.abort(msg, status)
         self.totals["failed"] += 1
-        self.sched.metrics.on_failure(what)
+        self.stats.on_failure(what)
 
     def describe(self) -> dict[str, Any]:
         d = {"mode": self.mode, "backend": self.backend}
-        d.update(self.mgr.describe())
+        d.update(self.conn.describe())
         return d
 
     def shutdown(self) -> None:
-        self.mgr.shutdown()
+        self.conn.shutdown()
 
     def transfer_info(self) -> dict[str, Any]:
         t = dict(self.totals)

@@ -10,7 +10,7 @@ import signal
 import tempfile
 
 from sglang.srt.managers.io_struct import SchedulerReady
-from sglang.srt.managers.scheduler import run_scheduler_process
+from sglang.srt.entrypoints.scheduler_process import run_scheduler_process
 from sglang.srt.managers.tokenizer_manager import TokenizerManager
 from sglang.srt.server_args import ServerArgs
 

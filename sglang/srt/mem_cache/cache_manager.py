@@ -51,6 +51,10 @@ class KVCacheManager:
             self.tree.evict(n - self.allocator.free_pages)
         return self.allocator.alloc(n)
 
+    def free_pages(self, pages: list[int]) -> None:
+        """Give back pages no request holds any more (a PD layer's held-back pages)."""
+        self.allocator.free(pages)
+
     def match_prefix(self, req: "Req", max_tokens: int) -> None:
         """Give ``req`` the cached pages of its longest cached prefix (at most ``max_tokens``)."""
         if self.tree is None or max_tokens < self.page_size:

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from sglang.srt.model_executor.forward_batch import ForwardMode
 
 if TYPE_CHECKING:
     from sglang.srt.managers.req import Req
     from sglang.srt.managers.schedule_policy import ScheduledBatch
-    from sglang.srt.managers.scheduler import Scheduler
 
 PUSH_INTERVAL = 0.5  # seconds between two snapshots at most this often
 
@@ -113,43 +112,40 @@ class SchedulerStatsRecorder:
             self.pending.transfer_failed += 1
 
     # ---- snapshots ------------------------------------------------------------------------
-    def maybe_push(self, sched: "Scheduler") -> None:
-        """From the scheduler loop: send a snapshot if one is due and anything changed."""
+    def maybe_push(self, gauges: Callable[[], dict[str, int]], send: Callable[[Any], None]
+                   ) -> None:
+        """From the scheduler loop: send a snapshot if one is due and anything changed.
+        ``gauges()`` gives the scheduler's sizes (``Scheduler.gauges``)."""
         if not self.enabled:
             return
         now = time.monotonic()
         if now - self._last_push < PUSH_INTERVAL:
             return
-        snap = self._snapshot(sched, now - self._last_push)
+        snap = self._snapshot(gauges(), now - self._last_push)
         self._last_push = now
-        gauges = snap.gauges()
-        if gauges == self._last_gauges and not snap.has_events():
+        gauge_values = snap.gauges()
+        if gauge_values == self._last_gauges and not snap.has_events():
             return
-        self._last_gauges = gauges
+        self._last_gauges = gauge_values
         self.pending = SchedulerStats()
-        sched.send(snap)
+        send(snap)
 
-    def _snapshot(self, sched: "Scheduler", elapsed: float) -> SchedulerStats:
+    def _snapshot(self, g: dict[str, int], elapsed: float) -> SchedulerStats:
         snap = self.pending
-        cache = sched.cache
-        total_pages = cache.num_pages
-        free_pages = cache.available_pages  # free plus evictable prefix-cache pages
-        snap.max_total_num_tokens = total_pages * cache.page_size
-        snap.num_used_tokens = (total_pages - free_pages) * cache.page_size
+        total_pages, page_size = g["total_pages"], g["page_size"]
+        snap.max_total_num_tokens = total_pages * page_size
+        # free plus evictable prefix-cache pages count as free
+        snap.num_used_tokens = (total_pages - g["available_pages"]) * page_size
         snap.token_usage = snap.num_used_tokens / max(snap.max_total_num_tokens, 1)
-        snap.num_running_reqs = len(sched.running)
-        snap.num_queue_reqs = len(sched.waiting)
+        snap.num_running_reqs = g["running"]
+        snap.num_queue_reqs = g["waiting"]
         snap.gen_throughput = self._gen_tokens / elapsed if elapsed > 0 else 0.0
         self._gen_tokens = 0
         if self._hit_tokens + self._computed_tokens:  # SGLang: hit / (hit + computed)
             self._hit_rate = self._hit_tokens / (self._hit_tokens + self._computed_tokens)
             self._hit_tokens = self._computed_tokens = 0
         snap.cache_hit_rate = self._hit_rate
-        d = sched.disagg
-        if d is not None and d.mode == "prefill":
-            snap.num_prefill_bootstrap_queue_reqs = len(d.bootstrap)
-            snap.num_prefill_inflight_queue_reqs = len(d.inflight)
-        elif d is not None and d.mode == "decode":
-            snap.num_decode_prealloc_queue_reqs = len(d.prealloc)
-            snap.num_decode_transfer_queue_reqs = len(d.transfer)
+        for name in ("num_prefill_bootstrap_queue_reqs", "num_prefill_inflight_queue_reqs",
+                     "num_decode_prealloc_queue_reqs", "num_decode_transfer_queue_reqs"):
+            setattr(snap, name, g.get(name, 0))  # the PD layer's queues (0 in other modes)
         return snap

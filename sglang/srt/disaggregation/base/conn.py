@@ -116,6 +116,8 @@ class BaseKVSender(ABC):
 
 
 class BaseKVReceiver(ABC):
+    moves_data = True  # False for a backend that moves no bytes (fake): no room to check
+
     @abstractmethod
     def __init__(self, mgr: BaseKVManager, bootstrap_addr: str, bootstrap_room: int): ...
 

@@ -68,6 +68,8 @@ class FakeKVSender(BaseKVSender):
 
 
 class FakeKVReceiver(BaseKVReceiver):
+    moves_data = False
+
     def __init__(self, mgr: BaseKVManager, bootstrap_addr: str, bootstrap_room: int):
         self.bootstrap_room = bootstrap_room
         self.status = KVPoll.Bootstrapping
