@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from sglang.srt.model_executor.forward_batch import ForwardMode
+from sglang.srt.base_types import ForwardMode
 
-if TYPE_CHECKING:
-    from sglang.srt.managers.req import Req
-    from sglang.srt.managers.schedule_policy import ScheduledBatch
-    from sglang.srt.managers.scheduler import Scheduler
+# The recorder reads the scheduler, its batches and requests (sglang.srt.managers) by duck typing:
+# metrics sit below managers in the layer order, so those types are not imported here.
+_Scheduler = _Batch = _Req = Any
 
 PUSH_INTERVAL = 0.5  # seconds between two snapshots at most this often
 
@@ -78,7 +77,7 @@ class SchedulerStatsRecorder:
         self._hit_rate = 0.0
 
     # ---- hooks (scheduler thread) -----------------------------------------------------------
-    def on_batch(self, batch: "ScheduledBatch", page_size: int) -> None:
+    def on_batch(self, batch: _Batch, page_size: int) -> None:
         """After a forward pass, before the requests' kv_len moves on."""
         if not self.enabled:
             return
@@ -90,7 +89,7 @@ class SchedulerStatsRecorder:
         else:
             self._gen_tokens += len(batch.reqs)
 
-    def on_bootstrapped(self, req: "Req") -> None:
+    def on_bootstrapped(self, req: _Req) -> None:
         """A prefill request leaves the bootstrap queue (its decode's pages arrived)."""
         if self.enabled:
             self.pending.kv_bootstrap_ms.append((time.monotonic() - req.created) * 1000.0)
@@ -113,7 +112,7 @@ class SchedulerStatsRecorder:
             self.pending.transfer_failed += 1
 
     # ---- snapshots ------------------------------------------------------------------------
-    def maybe_push(self, sched: "Scheduler") -> None:
+    def maybe_push(self, sched: _Scheduler) -> None:
         """From the scheduler loop: send a snapshot if one is due and anything changed."""
         if not self.enabled:
             return
@@ -129,7 +128,7 @@ class SchedulerStatsRecorder:
         self.pending = SchedulerStats()
         sched.send(snap)
 
-    def _snapshot(self, sched: "Scheduler", elapsed: float) -> SchedulerStats:
+    def _snapshot(self, sched: _Scheduler, elapsed: float) -> SchedulerStats:
         snap = self.pending
         cache = sched.cache
         total_pages = cache.num_pages
