@@ -13,6 +13,7 @@ from __future__ import annotations
 import ast
 import sys
 from collections import defaultdict
+from functools import lru_cache
 from pathlib import Path
 
 SGLANG = Path(__file__).resolve().parents[1] / "sglang"
@@ -73,6 +74,7 @@ def imports_of(path: Path, modules: set[str]) -> list[tuple[int, str]]:
     return [(line, m) for line, m in found if m == "sglang" or m.startswith("sglang.")]
 
 
+@lru_cache(maxsize=1)
 def collect_edges() -> dict[tuple[str, str], list[tuple[str, int, str]]]:
     """(from unit, to unit) -> [(file, line, imported module)] over all of ``sglang/``."""
     files = sorted(SGLANG.rglob("*.py"))
