@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from sglang.version import __version__  # noqa: F401
 
 
 def __getattr__(name: str):

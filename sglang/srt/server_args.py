@@ -8,6 +8,8 @@ import json
 from dataclasses import dataclass
 from typing import Optional
 
+from sglang.srt.utils.network import DEFAULT_BOOTSTRAP_PORT, host_port
+
 DISAGG_MODES = ("null", "prefill", "decode")
 TRANSFER_BACKENDS = ("mooncake", "mooncake_tcp", "nixl", "fake")
 # SGLang's names; bf16/fp16 are aliases of bfloat16/float16. fp8 pages are stored as fp8 and
@@ -56,7 +58,7 @@ class ServerArgs:
     # PD disaggregation
     disaggregation_mode: str = "null"
     disaggregation_transfer_backend: str = "mooncake"
-    disaggregation_bootstrap_port: int = 8998
+    disaggregation_bootstrap_port: int = DEFAULT_BOOTSTRAP_PORT
     disaggregation_ib_device: Optional[str] = None
     num_reserved_decode_tokens: int = 512
     disaggregation_decode_polling_interval: int = 1
@@ -125,15 +127,11 @@ class ServerArgs:
 
     @property
     def url(self) -> str:
-        host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
-        return f"http://{host}:{self.port}"
+        return f"http://{host_port(self.host, self.port)}"
 
     @property
     def effective_chunk_size(self) -> int:
         return self.chunked_prefill_size if self.chunked_prefill_size > 0 else 1 << 30
-
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self))
 
     @staticmethod
     def add_cli_args(parser: argparse.ArgumentParser) -> None:
@@ -183,7 +181,7 @@ class ServerArgs:
             default="mooncake",
             choices=list(TRANSFER_BACKENDS),
         )
-        a("--disaggregation-bootstrap-port", type=int, default=8998)
+        a("--disaggregation-bootstrap-port", type=int, default=DEFAULT_BOOTSTRAP_PORT)
         a("--disaggregation-ib-device", default=None, help="RDMA NIC list, e.g. mlx5_0,mlx5_1")
         a("--num-reserved-decode-tokens", type=int, default=512)
         a("--disaggregation-decode-polling-interval", type=int, default=1)

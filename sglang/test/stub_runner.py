@@ -14,7 +14,8 @@ from types import SimpleNamespace
 import torch
 
 from sglang.srt.mem_cache.memory_pool import KVLayout, KVPool
-from sglang.srt.model_executor.forward_batch import ForwardBatch, ForwardMode
+from sglang.srt.base_types import ForwardMode
+from sglang.srt.layers.forward_batch import ForwardBatch
 
 
 class StubRunner:

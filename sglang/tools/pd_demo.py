@@ -14,7 +14,7 @@ from pathlib import Path
 
 import requests
 
-from sglang.test.server_utils import launch_pd_cluster
+from sglang.tools.server_utils import launch_pd_cluster
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from sglang.srt.disaggregation.common.handshake import compat_problem
 from sglang.srt.layers.attention_backend import TorchAttnBackend
 from sglang.srt.mem_cache import pool_sizing
-from sglang.srt.mem_cache.kv_dtype import kv_dtype_name, resolve_kv_cache_dtype
+from sglang.srt.mem_cache.kv_dtype import KVCodec, kv_dtype_name, resolve_kv_cache_dtype
 from sglang.srt.mem_cache.memory_pool import KVLayout, KVPool
 from sglang.srt.model_executor.forward_batch import ForwardBatch, ForwardMode
 
@@ -52,7 +52,9 @@ def test_pool_stores_fp8_bytes(name):
     v = torch.randn(5, 3, 64, generator=g, dtype=torch.float32)
     k[0, 0, 0], v[0, 0, 1] = 1e6, -1e6  # beyond both formats' range
     loc = torch.tensor([3, 17, 18, 40, 63])
-    fp8.set_kv(2, loc, k, v)
+    codec = KVCodec(fp8.dtype, k.dtype)  # how the attention backend writes the pool
+    codec.view(fp8.k_buffer(2))[loc] = codec.encode(k)
+    codec.view(fp8.v_buffer(2))[loc] = codec.encode(v)
     kk, vv = fp8.get_kv(2, loc, torch.float32)
     top = torch.finfo(FP8[name]).max
     assert torch.isfinite(kk).all() and torch.isfinite(vv).all()

@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 
-from sglang.srt.disaggregation.base.conn import ABORTED, BaseKVReceiver, KVPoll
+from sglang.srt.base_types import ABORTED, KVPoll
+from sglang.srt.disaggregation.base.conn import BaseKVReceiver
 from sglang.srt.disaggregation.queues_common import Connect, DisaggQueuesBase
 from sglang.srt.env import envs
 from sglang.srt.managers.disagg_protocol import Admissions, Decoded, Load, PDContext

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 
-from sglang.srt.disaggregation.base.conn import KVPoll
+from sglang.srt.base_types import KVPoll
 from sglang.srt.disaggregation.queues_common import Connect, DisaggQueuesBase
 from sglang.srt.managers.disagg_protocol import Admissions, Load, PDContext
 

@@ -10,13 +10,15 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
-from sglang.srt.disaggregation.base.conn import BaseKVManager, KVArgs, KVPoll
+from sglang.srt.base_types import KVPoll
+from sglang.srt.disaggregation.base.conn import BaseKVManager, KVArgs
 from sglang.srt.disaggregation.common.metadata_buffers import (
     MetadataBuffers,
     MetadataSlotAllocator,
 )
 from sglang.srt.disaggregation.utils import create_kv_receiver, create_kv_sender, get_kv_class
 from sglang.srt.managers.disagg_protocol import PDContext
+from sglang.srt.utils.network import reachable_host
 
 if TYPE_CHECKING:
     from sglang.srt.managers.req import Req
@@ -50,7 +52,6 @@ Connect = Callable[[str, KVArgs, str], Any]  # (backend, kv_args, mode) -> conne
 
 def kv_args_of(ctx: PDContext, aux: tuple[list[int], list[int], list[int]]) -> KVArgs:
     args, pool = ctx.args, ctx.pool
-    host = "127.0.0.1" if args.host in ("0.0.0.0", "::", "localhost") else args.host
     aux_ptrs, aux_lens, aux_item_lens = aux
     return KVArgs(
         engine_rank=0,
@@ -71,7 +72,7 @@ def kv_args_of(ctx: PDContext, aux: tuple[list[int], list[int], list[int]]) -> K
         # the device the pages live on (not --base-gpu-id: on a CPU it means nothing)
         gpu_id=pool.buffer.device.index or 0 if pool.buffer.is_cuda else 0,
         ib_device=args.disaggregation_ib_device,
-        local_host=host,
+        local_host=reachable_host(args.host),
         bootstrap_port=args.disaggregation_bootstrap_port,
     )
 

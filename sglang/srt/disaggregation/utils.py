@@ -1,8 +1,10 @@
-"""Which class implements what, per transfer backend; and the warm-up ("2.2.2.2") rule.
+"""Which class implements what, per transfer backend; and the fake-host ("2.2.2.2") rule.
 
     mgr_cls = get_kv_class("mooncake", KVClassType.MANAGER)   # or "nixl" / "fake"
     mgr = mgr_cls(kv_args, "prefill")                          # starts the bootstrap server too
     sender = create_kv_sender(mgr, "mooncake", host, port, room)  # fake for host 2.2.2.2
+    (bootstrap_host "2.2.2.2", SGLang's FAKE_BOOTSTRAP_HOST, selects the fake classes whatever
+    the backend; no warm-up of this engine sends it: PD servers skip the warm-up.)
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from enum import Enum
 from typing import Any, Optional, Union
 
 from sglang.srt.disaggregation.base.conn import BaseKVManager, BaseKVReceiver, BaseKVSender
+from sglang.srt.utils.network import host_port
 
 FAKE_BOOTSTRAP_HOST = "2.2.2.2"
 
@@ -76,13 +79,6 @@ def is_fake_bootstrap(host: Optional[str]) -> bool:
     return host == FAKE_BOOTSTRAP_HOST
 
 
-def _bootstrap_addr(host: Optional[str], port: Optional[int]) -> str:
-    host = host or "127.0.0.1"
-    if ":" in host and not host.startswith("["):
-        host = f"[{host}]"
-    return f"{host}:{port if port is not None else 8998}"
-
-
 def _create_conn(
     kind: KVClassType,
     mgr: BaseKVManager,
@@ -94,7 +90,7 @@ def _create_conn(
     fake = is_fake_bootstrap(bootstrap_host) or TransferBackend(backend) == TransferBackend.FAKE
     cls = get_kv_class(TransferBackend.FAKE if fake else backend, kind)
     assert cls is not None
-    return cls(mgr, _bootstrap_addr(bootstrap_host, bootstrap_port), bootstrap_room)
+    return cls(mgr, host_port(bootstrap_host, bootstrap_port), bootstrap_room)
 
 
 def create_kv_sender(
@@ -104,7 +100,7 @@ def create_kv_sender(
     bootstrap_port: Optional[int],
     bootstrap_room: int,
 ) -> BaseKVSender:
-    """The prefill's sender for one request: fake for the warm-up host, else the backend's."""
+    """The prefill's sender for one request: fake for FAKE_BOOTSTRAP_HOST, else the backend's."""
     return _create_conn(KVClassType.SENDER, mgr, backend, bootstrap_host, bootstrap_port,
                         bootstrap_room)
 
@@ -116,6 +112,6 @@ def create_kv_receiver(
     bootstrap_port: Optional[int],
     bootstrap_room: int,
 ) -> BaseKVReceiver:
-    """The decode's receiver for one request: fake for the warm-up host, else the backend's."""
+    """The decode's receiver for one request: fake for FAKE_BOOTSTRAP_HOST, else the backend's."""
     return _create_conn(KVClassType.RECEIVER, mgr, backend, bootstrap_host, bootstrap_port,
                         bootstrap_room)

@@ -16,9 +16,10 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
-import sglang
+from sglang.srt.base_types import is_abort
 from sglang.srt.env import envs
 from sglang.srt.managers.io_struct import BadRequestError, GenerateReqInput
+from sglang.version import __version__
 
 LOAD_SECTIONS = ("core", "disagg", "queues", "all")
 
@@ -55,7 +56,7 @@ def v1_loads_body(tm: Any, st: dict[str, Any], include: set[str]) -> dict[str, A
                           **{k: v for k, v in pd.items() if k.endswith("_queue")}}
     return {
         "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(),
-        "version": sglang.__version__,
+        "version": __version__,
         "dp_rank_count": 1,
         "loads": [load],
         "aggregate": {
@@ -123,7 +124,7 @@ def register_admin_routes(app: FastAPI, tm: Any, state: Any) -> None:
         except (RuntimeError, asyncio.TimeoutError):
             return Response(status_code=503)
         fr = (out or {}).get("meta_info", {}).get("finish_reason") or {}
-        return Response(status_code=503 if fr.get("type") == "abort" else 200)
+        return Response(status_code=503 if is_abort(fr) else 200)
 
     @app.get("/model_info")
     @app.get("/get_model_info")

@@ -14,6 +14,7 @@ from typing import Any, AsyncIterator
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, ORJSONResponse, Response, StreamingResponse
 
+from sglang.srt.base_types import is_abort
 from sglang.srt.managers.io_struct import (
     BadRequestError,
     GenerateReqInput,
@@ -51,7 +52,7 @@ async def read_json(request: Request) -> Any:
 
 def _abort_status(out: dict[str, Any]) -> int | None:
     reason = out["meta_info"].get("finish_reason") or {}
-    return reason.get("status_code", 500) if reason.get("type") == "abort" else None
+    return reason.get("status_code", 500) if is_abort(reason) else None
 
 
 def create_app(tm_or_state: "TokenizerManager | ServerState") -> FastAPI:

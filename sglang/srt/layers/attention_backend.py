@@ -19,11 +19,12 @@ import torch
 import torch.nn.functional as F
 from torch.nn.utils.rnn import pad_sequence
 
+from sglang.srt.base_types import ForwardMode
 from sglang.srt.layers import cpu_kernels
 from sglang.srt.layers.decode_kv_mirror import DecodeKVMirror
+from sglang.srt.layers.forward_batch import ForwardBatch
 from sglang.srt.mem_cache.kv_dtype import KVCodec
 from sglang.srt.mem_cache.memory_pool import KVPool
-from sglang.srt.model_executor.forward_batch import ForwardBatch, ForwardMode
 
 
 @dataclass

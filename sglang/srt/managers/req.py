@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any, Optional
 
+from sglang.srt.base_types import abort_reason
 from sglang.srt.managers.io_struct import TokenizedGenerateReqInput
 
 
@@ -78,7 +79,7 @@ class Req:
             self.finished_reason = reason
 
     def abort(self, message: str, status_code: int = 500) -> None:
-        self.finish({"type": "abort", "message": message, "status_code": status_code})
+        self.finish(abort_reason(message, status_code))
 
     def __repr__(self) -> str:
         return f"Req(rid={self.rid}, room={self.bootstrap_room}, len={self.seq_len})"

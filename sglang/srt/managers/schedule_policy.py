@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from sglang.srt.model_executor.forward_batch import ForwardBatch, ForwardMode
+from sglang.srt.base_types import ForwardMode
+from sglang.srt.layers.forward_batch import ForwardBatch
 
 if TYPE_CHECKING:
     from sglang.srt.managers.req import Req

@@ -14,7 +14,7 @@ from typing import Any, Callable, Optional
 import torch
 import zmq
 
-from sglang.srt.disaggregation.base.conn import ABORTED
+from sglang.srt.base_types import ABORTED, ForwardMode
 from sglang.srt.env import envs
 from sglang.srt.managers.io_struct import (
     AbortReq,
@@ -45,21 +45,13 @@ from sglang.srt.mem_cache.cache_manager import KVCacheManager
 from sglang.srt.mem_cache.memory_pool import KVPool
 from sglang.srt.mem_cache.pool_sizing import kv_pool_pages
 from sglang.srt.metrics.scheduler_stats import SchedulerStatsRecorder
-from sglang.srt.model_executor.forward_batch import ForwardMode
-from sglang.srt.model_executor.model_config import ModelConfig
+from sglang.srt.configs.model_config import ModelConfig
 from sglang.srt.model_executor.model_runner import ModelRunner
 from sglang.srt.sampling.sampling_params import SamplingParams
 from sglang.srt.server_args import ServerArgs
+from sglang.srt.utils.device import resolve_device
 
 logger = logging.getLogger(__name__)
-
-
-def resolve_device(args: ServerArgs) -> str:
-    if args.device:
-        if args.device == "cuda" and not torch.cuda.is_available():
-            raise RuntimeError("--device cuda was given but no CUDA device is available")
-        return args.device
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 class Scheduler(SchedulerReportsMixin):
@@ -74,7 +66,7 @@ class Scheduler(SchedulerReportsMixin):
         for in-process tests; ``make_disagg`` builds the PD layer of a prefill or decode
         server (the process entry passes it: managers do not import disaggregation)."""
         self.args = args
-        self.device = resolve_device(args)
+        self.device = resolve_device(args.device)
         if self.device == "cuda":
             torch.cuda.set_device(args.base_gpu_id)
         if envs.num_threads:
@@ -116,7 +108,7 @@ class Scheduler(SchedulerReportsMixin):
     @staticmethod
     def _load_model(args: ServerArgs) -> ModelRunner:
         config = ModelConfig.from_pretrained(args.model_path, args.dtype, args.context_length)
-        return ModelRunner(config, resolve_device(args), args.base_gpu_id, args.load_format,
+        return ModelRunner(config, resolve_device(args.device), args.base_gpu_id, args.load_format,
                            args.random_seed)
 
     def warmup(self) -> None:

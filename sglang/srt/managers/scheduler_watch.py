@@ -12,6 +12,7 @@ import logging
 import time
 from typing import Any, Optional
 
+from sglang.srt.base_types import abort_reason
 from sglang.srt.env import envs
 from sglang.srt.managers.io_struct import ReqOutput
 
@@ -47,7 +48,7 @@ class SchedulerWatch:
 
     def _fail(self, state: Any, message: str) -> None:
         m = state.meta
-        reason = {"type": "abort", "message": message, "status_code": 503}
+        reason = abort_reason(message, 503)
         state.out.append(ReqOutput(state.obj.rid, [], reason, m.get("prompt_tokens", 0),
                                    m.get("completion_tokens", 0), m.get("cached_tokens", 0)))
         state.event.set()

@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Optional
+from typing import Any, Optional, Protocol
 
 from sglang.srt.mem_cache.allocator import PageAllocator, ReqToTokenPool, pages_to_slots
 from sglang.srt.mem_cache.radix_cache import RadixCache
 
-if TYPE_CHECKING:
-    from sglang.srt.managers.req import Req
+
+class PagedReq(Protocol):
+    """What this manager reads and writes on a request (``managers.req.Req`` has it all)."""
+
+    fill_ids: list[int]  # prompt + output tokens
+    req_pool_idx: Optional[int]  # row in the request-to-token table
+    pages: list[int]
+    prefix_pages: int  # leading pages borrowed from the radix cache
+    last_node: Any  # radix node holding the prefix (locked while the request runs)
+    kv_len: int  # tokens whose KV is in ``pages``
+    table_len: int  # tokens written to the request's row
+
+    def reset_kv(self) -> None: ...
 
 
 class KVCacheManager:
@@ -55,7 +66,7 @@ class KVCacheManager:
         """Give back pages no request holds any more (a PD layer's held-back pages)."""
         self.allocator.free(pages)
 
-    def match_prefix(self, req: "Req", max_tokens: int) -> None:
+    def match_prefix(self, req: PagedReq, max_tokens: int) -> None:
         """Give ``req`` the cached pages of its longest cached prefix (at most ``max_tokens``)."""
         if self.tree is None or max_tokens < self.page_size:
             return
@@ -67,7 +78,7 @@ class KVCacheManager:
             req.prefix_pages = len(match.pages)
             req.kv_len = len(match.pages) * self.page_size
 
-    def grow(self, req: "Req", new_len: int) -> bool:
+    def grow(self, req: PagedReq, new_len: int) -> bool:
         """Make ``req`` own pages (and table slots) for positions [0, new_len)."""
         if req.req_pool_idx is None:
             row = self.req_to_token.alloc()
@@ -96,7 +107,7 @@ class KVCacheManager:
             req.table_len = new_len
         return True
 
-    def release(self, req: "Req", cache: bool = True) -> None:
+    def release(self, req: PagedReq, cache: bool = True) -> None:
         """Give back everything ``req`` holds; with ``cache``, keep its whole pages in the tree."""
         pages, first_own = req.pages, req.prefix_pages
         if self.tree is not None and cache and req.kv_len >= self.page_size:

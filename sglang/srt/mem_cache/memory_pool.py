@@ -64,12 +64,6 @@ class KVPool:
         """The storage dtype as ``--kv-cache-dtype`` spells it (``fp8_e4m3``, ``bfloat16``)."""
         return kv_dtype_name(self.dtype)
 
-    def set_kv(self, layer: int, loc: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
-        """Write K/V of shape [T, kv_heads, head_dim] into token slots ``loc`` [T]."""
-        codec = KVCodec(self.dtype, k.dtype)
-        codec.view(self._k[layer])[loc] = codec.encode(k)
-        codec.view(self._v[layer])[loc] = codec.encode(v)
-
     def get_kv(self, layer: int, loc: torch.Tensor, dtype: torch.dtype):
         """K/V of token slots ``loc`` as ``dtype`` (fp8 pages widened)."""
         codec = KVCodec(self.dtype, dtype)

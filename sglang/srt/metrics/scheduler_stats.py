@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
-from sglang.srt.model_executor.forward_batch import ForwardMode
+from sglang.srt.base_types import ForwardMode
 
-if TYPE_CHECKING:
-    from sglang.srt.managers.req import Req
-    from sglang.srt.managers.schedule_policy import ScheduledBatch
+# The recorder reads the scheduler's batches and requests (sglang.srt.managers) by duck typing:
+# metrics sit below managers in the layer order, so those types are not imported here.
+_Batch = _Req = Any
 
 PUSH_INTERVAL = 0.5  # seconds between two snapshots at most this often
 
@@ -77,7 +77,7 @@ class SchedulerStatsRecorder:
         self._hit_rate = 0.0
 
     # ---- hooks (scheduler thread) -----------------------------------------------------------
-    def on_batch(self, batch: "ScheduledBatch", page_size: int) -> None:
+    def on_batch(self, batch: _Batch, page_size: int) -> None:
         """After a forward pass, before the requests' kv_len moves on."""
         if not self.enabled:
             return
@@ -89,7 +89,7 @@ class SchedulerStatsRecorder:
         else:
             self._gen_tokens += len(batch.reqs)
 
-    def on_bootstrapped(self, req: "Req") -> None:
+    def on_bootstrapped(self, req: _Req) -> None:
         """A prefill request leaves the bootstrap queue (its decode's pages arrived)."""
         if self.enabled:
             self.pending.kv_bootstrap_ms.append((time.monotonic() - req.created) * 1000.0)

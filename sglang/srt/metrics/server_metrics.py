@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from sglang.srt.base_types import is_abort
 from sglang.srt.metrics.scheduler_stats import SchedulerStats
 
 
@@ -67,7 +68,7 @@ class ServerMetrics:
         if reason is not None:
             tm.observe_one_finished_request(out.prompt_tokens, tokens, out.cached_tokens,
                                             now - state.created)
-            if reason.get("type") == "abort":
+            if is_abort(reason):
                 tm.num_aborted.inc()
 
     def on_message(self, msg: Any) -> None:

@@ -7,25 +7,17 @@ import time
 
 import torch
 
+from sglang.srt.base_types import ForwardMode
+from sglang.srt.configs.model_config import ModelConfig
 from sglang.srt.layers.attention_backend import TorchAttnBackend
+from sglang.srt.layers.forward_batch import ForwardBatch
 from sglang.srt.mem_cache.kv_dtype import resolve_kv_cache_dtype
 from sglang.srt.mem_cache.memory_pool import KVLayout, KVPool
-from sglang.srt.model_executor.forward_batch import ForwardBatch, ForwardMode
-from sglang.srt.model_executor.model_config import ModelConfig
 from sglang.srt.model_executor.weight_loader import LOAD_FORMATS, init_dummy_weights, iter_weights
 from sglang.srt.models.registry import get_model_class
+from sglang.srt.utils.device import torch_device
 
 logger = logging.getLogger(__name__)
-
-
-def resolve_device(device: str, gpu_id: int = 0) -> torch.device:
-    if device == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError("device 'cuda' was asked for but no CUDA GPU is available")
-        return torch.device("cuda", gpu_id)
-    if device != "cpu":
-        raise ValueError(f"unsupported device {device!r}; use cpu or cuda")
-    return torch.device("cpu")
 
 
 def _same_device(a: torch.device, b: torch.device) -> bool:
@@ -46,7 +38,7 @@ class ModelRunner:
         if load_format not in LOAD_FORMATS:
             raise ValueError(f"load format must be one of {LOAD_FORMATS}, got {load_format!r}")
         self.config = config
-        self.device = resolve_device(device, gpu_id)
+        self.device = torch_device(device, gpu_id)
         self.dtype = config.torch_dtype
         self.kv_pool: KVPool | None = None
 

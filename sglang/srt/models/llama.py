@@ -11,13 +11,13 @@ from typing import Any, Iterable, Optional
 import torch
 import torch.nn as nn
 
+from sglang.srt.configs.model_config import ModelConfig
 from sglang.srt.layers.attention_backend import TorchAttnBackend
 from sglang.srt.layers.embedding import LMHead, VocabEmbedding
+from sglang.srt.layers.forward_batch import ForwardBatch
 from sglang.srt.layers.layernorm import RMSNorm, rms_normalize
 from sglang.srt.layers.linear import GateUpLinear, Linear, MergedLinear
 from sglang.srt.layers.rotary_embedding import RopeBatch, RotaryEmbedding, rope_inv_freq
-from sglang.srt.model_executor.forward_batch import ForwardBatch
-from sglang.srt.model_executor.model_config import ModelConfig
 
 # checkpoint projection name -> (fused module name, shard index)
 _STACKED = {

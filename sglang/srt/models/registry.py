@@ -6,6 +6,8 @@ import importlib
 
 import torch.nn as nn
 
+from sglang.srt.configs.model_config import SUPPORTED_ARCHITECTURES
+
 _MODELS: dict[str, tuple[str, str]] = {
     "LlamaForCausalLM": ("sglang.srt.models.llama", "LlamaForCausalLM"),
     "MistralForCausalLM": ("sglang.srt.models.llama", "LlamaForCausalLM"),
@@ -13,7 +15,7 @@ _MODELS: dict[str, tuple[str, str]] = {
     "Qwen3ForCausalLM": ("sglang.srt.models.qwen3", "Qwen3ForCausalLM"),
 }
 
-SUPPORTED_ARCHITECTURES = frozenset(_MODELS)
+assert frozenset(_MODELS) == SUPPORTED_ARCHITECTURES, "registry and configs/model_config.py differ"
 
 
 def get_model_class(architecture: str) -> type[nn.Module]:

@@ -21,21 +21,13 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from enum import IntEnum
 from typing import Any, Optional
 
 import numpy as np
 
-
-ABORTED = "Aborted by AbortReq."  # the reason of every abort a client or the LB asked for
-
-
-class KVPoll(IntEnum):
-    Failed = 0
-    Bootstrapping = 1
-    WaitingForInput = 2
-    Transferring = 3
-    Success = 4
+# KVPoll and ABORTED live in the bottom layer; re-exported here for the backends.
+from sglang.srt.base_types import ABORTED, KVPoll  # noqa: F401
+from sglang.srt.utils.network import DEFAULT_BOOTSTRAP_PORT, LOOPBACK
 
 
 class KVTransferError(RuntimeError):
@@ -65,8 +57,8 @@ class KVArgs:
     device: str = "cpu"  # "cpu" (DRAM) or "cuda" (VRAM)
     gpu_id: int = 0
     ib_device: Optional[str] = None
-    local_host: str = "127.0.0.1"
-    bootstrap_port: int = 8998  # prefill: where its bootstrap server listens
+    local_host: str = LOOPBACK
+    bootstrap_port: int = DEFAULT_BOOTSTRAP_PORT  # prefill: where its bootstrap server listens
     extra: dict[str, Any] = field(default_factory=dict)
 
 

@@ -24,6 +24,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
+from sglang.srt.utils.network import DEFAULT_BOOTSTRAP_PORT
+
 logger = logging.getLogger(__name__)
 
 
@@ -95,7 +97,7 @@ class _Handler(BaseHTTPRequestHandler):
 class BootstrapServer:
     """Starts serving in the constructor; ``close()`` stops it."""
 
-    def __init__(self, host: str = "0.0.0.0", port: int = 8998):
+    def __init__(self, host: str = "0.0.0.0", port: int = DEFAULT_BOOTSTRAP_PORT):
         self.host = host
         self.port = port
         try:

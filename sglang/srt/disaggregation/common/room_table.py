@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Generic, Iterator, Optional, TypeVar
+from typing import Any, Generic, Optional, TypeVar
 
 import numpy as np
 
@@ -109,17 +109,3 @@ class RoomTable(Generic[S]):
             if status == KVPoll.Failed:
                 st.reason = reason
             return True
-
-    def status(self, room: int) -> KVPoll:
-        st = self._rooms.get(room)
-        return KVPoll.Failed if st is None else st.status
-
-    def snapshot(self) -> list[S]:
-        with self.lock:
-            return list(self._rooms.values())
-
-    def __iter__(self) -> Iterator[S]:
-        return iter(self.snapshot())
-
-    def __len__(self) -> int:
-        return len(self._rooms)

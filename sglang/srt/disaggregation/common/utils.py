@@ -7,10 +7,11 @@ as one block; transfer engines pay per block, so long runs are what makes transf
 
 from __future__ import annotations
 
-import socket
 from typing import NamedTuple, Sequence
 
 import numpy as np
+
+from sglang.srt.utils.network import free_port, url_host as http_host  # noqa: F401 (shared)
 
 
 class PageRuns(NamedTuple):
@@ -126,18 +127,3 @@ def batched(blocks: Blocks, size: int) -> list[Blocks]:
         Blocks(blocks.src[i : i + size], blocks.dst[i : i + size], blocks.lens[i : i + size])
         for i in range(0, n, size)
     ]
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
-def http_host(host: str) -> str:
-    """Host part of a URL: 0.0.0.0 means this machine, IPv6 needs brackets."""
-    if host in ("0.0.0.0", ""):
-        return "127.0.0.1"
-    if ":" in host and not host.startswith("["):
-        return f"[{host}]"
-    return host

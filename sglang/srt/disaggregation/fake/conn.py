@@ -1,7 +1,9 @@
 """Fake backend: the KV life cycle without moving any data (as in SGLang).
 
-Used for the prefill warm-up request (bootstrap_host "2.2.2.2" selects these classes whatever
-the configured backend, so they accept any manager) and for decode-only runs.
+Used for decode-only runs (``--disaggregation-transfer-backend fake``) and for any request whose
+bootstrap_host is SGLang's FAKE_BOOTSTRAP_HOST "2.2.2.2": that selects these classes whatever
+the configured backend, so they accept any manager. (SGLang's own server warm-up sends such a
+request; this engine sends none: PD servers skip the warm-up.)
   FakeKVSender:   WaitingForInput until send(..., last_chunk=True), then Success.
   FakeKVReceiver: Bootstrapping -> WaitingForInput (first poll) -> Success after send_metadata.
   abort() on either makes it Failed.

@@ -199,7 +199,7 @@ def build_app(args: LBArgs) -> web.Application:
     app = web.Application(client_max_size=1 << 30)
     prefills = [Prefill(u, p) for u, p in zip(args.prefill_urls, args.prefill_bootstrap_ports)]
     app[POOL] = ServerPool(prefills, args.decode_urls, args.policy)
-    from sglang.srt.metrics.router import create_lb_metrics
+    from sglang.srt.disaggregation.lb.metrics import create_lb_metrics
 
     metrics = create_lb_metrics(args)  # --enable-metrics; None without
     app[PROXY] = proxy = metrics.proxy(args.timeout) if metrics else Proxy(args.timeout)

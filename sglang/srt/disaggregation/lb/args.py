@@ -13,8 +13,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from sglang.srt.disaggregation.lb.policy import POLICIES
-
-DEFAULT_BOOTSTRAP_PORT = 8998
+from sglang.srt.utils.network import DEFAULT_BOOTSTRAP_PORT
 
 
 @dataclass
@@ -27,7 +26,7 @@ class LBArgs:
     timeout: float = 600.0
     log_level: str = "info"
     policy: str = "round_robin"
-    enable_metrics: bool = False  # GET /metrics (sglang/srt/metrics/router.py)
+    enable_metrics: bool = False  # GET /metrics (lb/metrics.py)
 
 
 def normalize_url(url: str) -> str:

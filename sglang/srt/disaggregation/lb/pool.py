@@ -18,6 +18,7 @@ from sglang.srt.disaggregation.lb.policy import (
     least_busy,
     power_of_two,
 )
+from sglang.srt.utils.network import bracket_host
 
 
 @dataclass(frozen=True)
@@ -32,8 +33,7 @@ class Prefill:
 
 def bootstrap_host(url: str) -> str:
     """Host part of a server URL; an IPv6 address gets brackets."""
-    host = urlparse(url).hostname or ""
-    return f"[{host}]" if ":" in host else host
+    return bracket_host(urlparse(url).hostname or "")
 
 
 def pair_index(k: int, n_prefill: int, n_decode: int) -> tuple[int, int]:

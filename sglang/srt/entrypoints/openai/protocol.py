@@ -14,6 +14,7 @@ from typing import Any, Literal, Optional, Union
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from sglang.srt.base_types import is_abort
 from sglang.srt.managers.io_struct import BadRequestError
 
 _STATUS_TYPES = {
@@ -227,6 +228,6 @@ def finish_reason(meta: dict[str, Any]) -> tuple[Optional[str], Any]:
 def abort_error(meta: dict[str, Any]) -> Optional[tuple[str, int]]:
     """(message, status) when the output finished as an abort, else None."""
     fr = meta.get("finish_reason")
-    if isinstance(fr, dict) and fr.get("type") == "abort":
+    if is_abort(fr):
         return str(fr.get("message") or "request aborted"), int(fr.get("status_code") or 500)
     return None
