@@ -84,7 +84,22 @@ class _Env:
 
     @property
     def test_failure_prob(self) -> float:
+        """Test only: the fraction of requests whose KV transfer fails (each request draws once,
+        when its sender or receiver is created; the failure shows at its first poll after the
+        bootstrap), on the side where it is set."""
         return _float("SGLANG_TEST_DISAGG_FAILURE_PROB", 0.0)
+
+    @property
+    def test_write_failure_prob(self) -> float:
+        """Test only: the fraction of the prefill's transfer-engine writes that fail (the
+        request fails on both sides; the decode is not marked dead), Mooncake and NIXL alike."""
+        return min(1.0, max(0.0, _float("SGLANG_TEST_DISAGG_WRITE_FAILURE_PROB", 0.0)))
+
+    @property
+    def test_write_delay_ms(self) -> float:
+        """Test only: the prefill waits this many milliseconds before each transfer-engine
+        write (a slow NIC)."""
+        return max(0.0, _float("SGLANG_TEST_DISAGG_WRITE_DELAY_MS", 0.0))
 
     # HTTP server health (names and defaults as in SGLang)
     @property

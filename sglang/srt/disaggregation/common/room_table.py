@@ -24,6 +24,7 @@ class RoomState:
     reason: str = ""
     created: float = field(default_factory=time.monotonic)
     status_since: float = field(default_factory=time.monotonic)
+    inject_failure: bool = False  # SGLANG_TEST_DISAGG_FAILURE_PROB drew this request
 
 
 @dataclass
