@@ -124,7 +124,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._reply(200, "OK")
         elif url.path == "/route":
             try:
-                rank = parse_rank(parse_qs(url.query).get("engine_rank", ["0"])[0])
+                q = parse_qs(url.query, keep_blank_values=True)
+                rank = parse_rank(q.get("engine_rank", ["0"])[0])
             except BadInput as e:
                 self._reply(e.code, str(e))
                 return
@@ -162,6 +163,11 @@ class _Handler(BaseHTTPRequestHandler):
             rank, info["rank_ip"], info["rank_port"],
         )
         self._reply(200, "OK")
+
+    def _not_allowed(self) -> None:
+        self._reply(405, f"{self.command} not allowed: GET /route, GET /health, PUT /route")
+
+    do_POST = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _not_allowed  # noqa: N815
 
     def _registration(self) -> tuple[int, dict[str, Any]]:
         given = self.headers.get(SECRET_HEADER)
