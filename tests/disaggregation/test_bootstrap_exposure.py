@@ -56,7 +56,8 @@ def test_foreign_registration_is_refused_and_the_route_kept(server) -> None:
     bogus = json.dumps({**INFO, "rank_ip": "10.6.6.6", "rank_port": 6666}).encode()
     assert put(server, bogus, secret=None) == (
         401, "registration needs the X-Bootstrap-Secret header")
-    assert put(server, bogus, secret="guess") == (403, "registration refused: wrong bootstrap secret")
+    assert put(server, bogus, secret="guess") == (
+        403, "registration refused: wrong bootstrap secret")
     # even with the secret, a registered rank cannot be moved elsewhere
     code, text = put(server, bogus)
     assert code == 409 and "rank 0 is already registered at 127.0.0.1:5555" in text

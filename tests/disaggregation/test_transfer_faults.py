@@ -12,7 +12,7 @@ import signal
 import time
 
 import pytest
-from transfer_procs import new_proc, pd_pair
+from transfer_procs import pd_pair
 
 from sglang.srt.disaggregation.base.conn import KVPoll
 from sglang.srt.disaggregation.common import faults

@@ -205,7 +205,7 @@ class PrefillSide:
                 return
             info = self.infos.get(room)
             src = np.asarray(pages, dtype=np.int32).reshape(-1)
-            problem = self._check_send(st, info, len(src), last_chunk)
+            problem = st.check_send(info, len(src), last_chunk)
             if problem is None:
                 assert info is not None
                 start = st.sent_pages
@@ -225,23 +225,6 @@ class PrefillSide:
             self.fail(room, problem, notify=True)
             return
         self.workers.submit(job)
-
-    @staticmethod
-    def _check_send(
-        st: SenderRoom, info: TransferInfo | None, n: int, last_chunk: bool
-    ) -> str | None:
-        if info is None:
-            return "send() called before the decode's destination pages arrived"
-        if st.queued_last:
-            return "send() called after the last chunk"
-        total = len(info.dst_pages)
-        if st.sent_pages + n > total:
-            return f"prefill sent {st.sent_pages + n} pages but the decode allocated only {total}"
-        if last_chunk and st.sent_pages + n != total:
-            return f"prefill sent {st.sent_pages + n} pages in all but the decode allocated {total}"
-        if last_chunk and st.aux_index is None:
-            return "last chunk sent before init() gave the metadata row"
-        return None
 
     def poll(self, room: int) -> KVPoll:
         st = self.rooms.get(room)
@@ -296,17 +279,7 @@ class PrefillSide:
 
     def metric(self, room: int) -> dict[str, Any]:
         st = self.rooms.get(room)
-        if st is None or st.t_first is None:
-            return {}
-        end = st.t_done if st.t_done is not None else time.monotonic()
-        secs = max(end - st.t_first, 1e-9)
-        return {
-            "bytes": st.bytes,
-            "blocks": st.blocks,
-            "pages": st.sent_pages,
-            "seconds": secs,
-            "gbps": st.bytes / secs / 1e9,
-        }
+        return {} if st is None else st.metric()
 
     def _purge_stale(self) -> None:
         now = time.monotonic()

@@ -3,7 +3,8 @@
 A room's jobs always go to the same queue (``room % n``), so its chunks are written in order
 and its aux row and Success come after all of its pages. A write that fails marks the
 destination decode as failed: later chunks for it fail at once instead of waiting on a dead
-peer, until the decode answers a probe (PrefillSide pings failed decodes) or registers again. ``after_pending`` runs a callback on a room's queue
+peer, until the decode answers a probe (peer_probe.py) or registers again. Injected test
+failures (faults.py) fail only their room. ``after_pending`` runs a callback on a room's queue
 once every job queued before it for that room has run (or been dropped): how an abort is
 acknowledged only after the room's in-flight writes drained.
 """
