@@ -53,6 +53,13 @@ class _Env:
         return max(1, _int("SGLANG_DISAGGREGATION_BOOTSTRAP_FETCH_ATTEMPTS", 15))
 
     @property
+    def bootstrap_secret(self) -> str:
+        """Prefill: what its ranks' PUT /route must carry (X-Bootstrap-Secret). Empty (the
+        default): the bootstrap server draws a random one per instance and hands it to the
+        manager in its own process; set it when another process runs the bootstrap server."""
+        return os.environ.get("SGLANG_DISAGGREGATION_BOOTSTRAP_SECRET", "")
+
+    @property
     def transfer_timeout(self) -> float:
         """Prefill: longest wait for one transfer-engine write to complete before it fails."""
         return _float("SGLANG_DISAGGREGATION_TRANSFER_TIMEOUT", 120.0)

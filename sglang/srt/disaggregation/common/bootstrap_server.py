@@ -26,7 +26,6 @@ import errno
 import hmac
 import json
 import logging
-import os
 import secrets
 import socket
 import threading
@@ -35,10 +34,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Optional
 from urllib.parse import parse_qs, urlparse
 
+from sglang.srt.env import envs
+
 logger = logging.getLogger(__name__)
 
 SECRET_HEADER = "X-Bootstrap-Secret"
-SECRET_ENV = "SGLANG_DISAGGREGATION_BOOTSTRAP_SECRET"
 MAX_BODY = 1 << 20
 # field -> accepted types of a registration
 _FIELDS: dict[str, tuple[type, ...]] = {
@@ -200,7 +200,7 @@ class BootstrapServer:
                  secret: Optional[str] = None):
         self.host = host
         self.port = port
-        self.secret = secret or os.environ.get(SECRET_ENV) or secrets.token_hex(16)
+        self.secret = secret or envs.bootstrap_secret or secrets.token_hex(16)
         try:
             server_cls = _Server6 if ":" in host else _Server
             self._httpd = server_cls((host, port), _Handler)

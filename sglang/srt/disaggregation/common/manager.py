@@ -11,12 +11,11 @@ A backend subclass supplies the data plane: ``_init_engine``, ``transfer_info``,
 from __future__ import annotations
 
 import logging
-import os
 from abc import abstractmethod
 from typing import Any, Optional
 
 from sglang.srt.disaggregation.base.conn import BaseKVManager, KVArgs
-from sglang.srt.disaggregation.common.bootstrap_server import SECRET_ENV, BootstrapServer
+from sglang.srt.disaggregation.common.bootstrap_server import BootstrapServer
 from sglang.srt.disaggregation.common.control_plane import ControlPlane
 from sglang.srt.disaggregation.common.decode_side import DecodeSide
 from sglang.srt.disaggregation.common.handshake import register_prefill
@@ -34,6 +33,7 @@ from sglang.srt.disaggregation.common.prefill_side import PrefillSide
 from sglang.srt.disaggregation.common.room_table import PeerInfo
 from sglang.srt.disaggregation.common.transfer_worker import TransferFailed
 from sglang.srt.disaggregation.common.utils import Blocks
+from sglang.srt.env import envs
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ class CommonKVManager(BaseKVManager):
         if self.bootstrap_server is not None:
             secret = self.bootstrap_server.secret
         else:
-            secret = self.args.extra.get("bootstrap_secret") or os.environ.get(SECRET_ENV, "")
+            secret = self.args.extra.get("bootstrap_secret") or envs.bootstrap_secret
         register_prefill(f"{self.args.local_host}:{self.args.bootstrap_port}", info, secret)
 
     def registration(self) -> RegisterMsg:
