@@ -53,6 +53,13 @@ class _Env:
         return max(1, _int("SGLANG_DISAGGREGATION_BOOTSTRAP_FETCH_ATTEMPTS", 15))
 
     @property
+    def bootstrap_secret(self) -> str:
+        """Prefill: what its ranks' PUT /route must carry (X-Bootstrap-Secret). Empty (the
+        default): the bootstrap server draws a random one per instance and hands it to the
+        manager in its own process; set it when another process runs the bootstrap server."""
+        return os.environ.get("SGLANG_DISAGGREGATION_BOOTSTRAP_SECRET", "")
+
+    @property
     def transfer_timeout(self) -> float:
         """Prefill: longest wait for one transfer-engine write to complete before it fails."""
         return _float("SGLANG_DISAGGREGATION_TRANSFER_TIMEOUT", 120.0)
@@ -84,7 +91,22 @@ class _Env:
 
     @property
     def test_failure_prob(self) -> float:
+        """Test only: the fraction of requests whose KV transfer fails (each request draws once,
+        when its sender or receiver is created; the failure shows at its first poll after the
+        bootstrap), on the side where it is set."""
         return _float("SGLANG_TEST_DISAGG_FAILURE_PROB", 0.0)
+
+    @property
+    def test_write_failure_prob(self) -> float:
+        """Test only: the fraction of the prefill's transfer-engine writes that fail (the
+        request fails on both sides; the decode is not marked dead), Mooncake and NIXL alike."""
+        return min(1.0, max(0.0, _float("SGLANG_TEST_DISAGG_WRITE_FAILURE_PROB", 0.0)))
+
+    @property
+    def test_write_delay_ms(self) -> float:
+        """Test only: the prefill waits this many milliseconds before each transfer-engine
+        write (a slow NIC)."""
+        return max(0.0, _float("SGLANG_TEST_DISAGG_WRITE_DELAY_MS", 0.0))
 
     # HTTP server health (names and defaults as in SGLang)
     @property

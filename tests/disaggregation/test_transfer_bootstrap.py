@@ -50,12 +50,13 @@ def test_bootstrap_server_routes() -> None:
         assert instance == server.instance
         with pytest.raises(PrefillUnavailable, match="503"):
             fetch_prefill_info(addr)
-        register_prefill(addr, INFO)
+        register_prefill(addr, INFO, server.secret)
         got = fetch_prefill_info(addr)
         assert got["rank_port"] == 5555 and got["bootstrap_instance"] == instance
         with urllib.request.urlopen(f"http://{addr}/health") as r:
             assert r.read() == b"OK"
-        bad = urllib.request.Request(f"http://{addr}/route", data=b"{}", method="PUT")
+        bad = urllib.request.Request(f"http://{addr}/route", data=b"{}", method="PUT",
+                                     headers={"X-Bootstrap-Secret": server.secret})
         with pytest.raises(urllib.error.HTTPError) as e:
             urllib.request.urlopen(bad)
         assert e.value.code == 400

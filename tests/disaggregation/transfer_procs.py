@@ -97,6 +97,28 @@ class Node:
     def poll(self, room: int) -> int:
         return int(self.conns[room].poll())
 
+    def poll_many(self, rooms: list[int], times: int) -> list[int]:
+        """Poll each room ``times`` times; the last statuses."""
+        out = []
+        for room in rooms:
+            for _ in range(times):
+                st = int(self.conns[room].poll())
+            out.append(st)
+        return out
+
+    def open_extra(self, room: int, bootstrap_addr: str) -> tuple[int, str]:
+        """Open a second conn for ``room`` (as a second request with that room would), poll and
+        clear it at once; its (status, failure reason). ``self.conns[room]`` is untouched."""
+        conn = self.cls(self.mgr, bootstrap_addr, room)
+        st = int(conn.poll())
+        reason = str(conn.failure_exception()) if st == 0 else ""
+        conn.abort()
+        conn.clear()
+        return st, reason
+
+    def failed_peers(self) -> list[str]:
+        return [p for p in list(self.mgr.prefill.peers) if p in self.mgr.prefill.failed_peers]
+
     def wait(self, room: int, states: list[int], timeout: float = 20.0) -> tuple[int, str]:
         """Poll until the status is one of ``states``; (status, failure reason)."""
         conn = self.conns[room]

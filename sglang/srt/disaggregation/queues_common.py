@@ -74,6 +74,9 @@ def kv_args_of(ctx: PDContext, aux: tuple[list[int], list[int], list[int]]) -> K
         ib_device=args.disaggregation_ib_device,
         local_host=reachable_host(args.host),
         bootstrap_port=args.disaggregation_bootstrap_port,
+        # the bootstrap server listens where --host says (0.0.0.0: every interface), while
+        # local_host is the address peers are told to reach
+        extra={"bootstrap_host": args.host},
     )
 
 

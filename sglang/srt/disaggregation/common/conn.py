@@ -19,6 +19,11 @@ from sglang.srt.disaggregation.common.manager import CommonKVManager
 from sglang.srt.disaggregation.common.prefill_side import PrefillSide
 
 
+def _duplicate(room: int, where: str) -> str:
+    return (f"bootstrap_room {room} is already in flight on this {where} server: refused as a "
+            f"duplicate (give every request its own bootstrap_room)")
+
+
 def _reason(st: Any, room: int) -> str:
     if st is None:
         return f"request {room} is unknown to the KV manager (cleared?)"
@@ -32,29 +37,36 @@ class CommonKVSender(BaseKVSender):
         self.side: PrefillSide = mgr.prefill
         self.bootstrap_addr = bootstrap_addr
         self.bootstrap_room = bootstrap_room
-        self.side.add_sender(bootstrap_room, bootstrap_addr)
+        # A duplicate of a room in flight fails at once and never touches the room's state.
+        self.duplicate = not self.side.add_sender(bootstrap_room, bootstrap_addr)
 
     def init(self, num_pages: int, aux_index: int) -> None:
-        self.side.init_room(self.bootstrap_room, num_pages, aux_index)
+        if not self.duplicate:
+            self.side.init_room(self.bootstrap_room, num_pages, aux_index)
 
     def send(self, page_indices: np.ndarray, last_chunk: bool) -> None:
-        self.side.send(self.bootstrap_room, page_indices, last_chunk)
+        if not self.duplicate:
+            self.side.send(self.bootstrap_room, page_indices, last_chunk)
 
     def poll(self) -> KVPoll:
-        return self.side.poll(self.bootstrap_room)
+        return KVPoll.Failed if self.duplicate else self.side.poll(self.bootstrap_room)
 
     def failure_exception(self) -> Exception:
+        if self.duplicate:
+            return KVTransferError(self.bootstrap_room, _duplicate(self.bootstrap_room, "prefill"))
         st = self.side.rooms.get(self.bootstrap_room)
         return KVTransferError(self.bootstrap_room, _reason(st, self.bootstrap_room))
 
     def abort(self) -> None:
-        self.side.abort(self.bootstrap_room)
+        if not self.duplicate:
+            self.side.abort(self.bootstrap_room)
 
     def clear(self) -> None:
-        self.side.clear(self.bootstrap_room)
+        if not self.duplicate:
+            self.side.clear(self.bootstrap_room)
 
     def get_transfer_metric(self) -> dict[str, Any]:
-        return self.side.metric(self.bootstrap_room)
+        return {} if self.duplicate else self.side.metric(self.bootstrap_room)
 
 
 class CommonKVReceiver(BaseKVReceiver):
@@ -64,23 +76,29 @@ class CommonKVReceiver(BaseKVReceiver):
         self.side: DecodeSide = mgr.decode
         self.bootstrap_addr = bootstrap_addr
         self.bootstrap_room = bootstrap_room
-        self.side.add_receiver(bootstrap_room, bootstrap_addr)
+        self.duplicate = not self.side.add_receiver(bootstrap_room, bootstrap_addr)
 
     def send_metadata(self, page_indices: np.ndarray, aux_index: int) -> None:
-        self.side.send_metadata(self.bootstrap_room, page_indices, aux_index)
+        if not self.duplicate:
+            self.side.send_metadata(self.bootstrap_room, page_indices, aux_index)
 
     def poll(self) -> KVPoll:
-        return self.side.poll(self.bootstrap_room)
+        return KVPoll.Failed if self.duplicate else self.side.poll(self.bootstrap_room)
 
     def failure_exception(self) -> Exception:
+        if self.duplicate:
+            return KVTransferError(self.bootstrap_room, _duplicate(self.bootstrap_room, "decode"))
         st = self.side.rooms.get(self.bootstrap_room)
         return KVTransferError(self.bootstrap_room, _reason(st, self.bootstrap_room))
 
     def abort(self) -> None:
-        self.side.abort(self.bootstrap_room)
+        if not self.duplicate:
+            self.side.abort(self.bootstrap_room)
 
     def clear(self) -> None:
-        self.side.clear(self.bootstrap_room)
+        if not self.duplicate:
+            self.side.clear(self.bootstrap_room)
 
     def writes_drained(self) -> bool:
-        return self.side.writes_drained(self.bootstrap_room)
+        # a duplicate never sent pages anywhere
+        return self.duplicate or self.side.writes_drained(self.bootstrap_room)

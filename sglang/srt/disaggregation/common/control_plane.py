@@ -1,11 +1,18 @@
 """ZMQ control plane of one manager: one PULL socket with its reader thread, and cached PUSH
 sockets to peers. Sends are thread-safe and never block (a full or dead peer drops the
-message and the send reports False)."""
+message and the send reports False). At most MAX_PEERS sockets stay cached (least recently
+used closed first), so messages naming many made-up peers cannot exhaust file descriptors.
+
+The PULL socket binds to the host this manager advertises (the server's --host; 127.0.0.1 for
+0.0.0.0). It has no authentication: every message is validated (messages.decode) and a peer
+can only touch rooms it owns.
+"""
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections import OrderedDict
 from typing import Callable
 
 import zmq
@@ -15,6 +22,8 @@ from sglang.srt.disaggregation.common.messages import Message
 
 logger = logging.getLogger(__name__)
 
+MAX_PEERS = 256
+
 
 class ControlPlane:
     def __init__(self, host: str, on_message: Callable[[Message], None]):
@@ -23,10 +32,11 @@ class ControlPlane:
         self._ctx = zmq.Context()
         self._pull = self._ctx.socket(zmq.PULL)
         self._pull.setsockopt(zmq.LINGER, 0)
+        self._pull.setsockopt(zmq.MAXMSGSIZE, messages.MAX_FRAME)  # bigger: peer disconnected
         bind_host = "0.0.0.0" if host in ("", "0.0.0.0") else host
         self.port = self._pull.bind_to_random_port(f"tcp://{bind_host}")
         self.endpoint = f"{host}:{self.port}"
-        self._push: dict[str, zmq.Socket] = {}
+        self._push: OrderedDict[str, zmq.Socket] = OrderedDict()
         self._send_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="kv-control", daemon=True)
@@ -45,8 +55,17 @@ class ControlPlane:
                 sock = self._ctx.socket(zmq.PUSH)
                 sock.setsockopt(zmq.LINGER, 0)
                 sock.setsockopt(zmq.SNDHWM, 10000)
-                sock.connect(f"tcp://{endpoint}")
+                try:
+                    sock.connect(f"tcp://{endpoint}")
+                except zmq.ZMQError as e:
+                    sock.close(linger=0)
+                    logger.warning("control message to %s dropped: %s", endpoint, e)
+                    return False
                 self._push[endpoint] = sock
+                while len(self._push) > MAX_PEERS:
+                    self._push.popitem(last=False)[1].close(linger=0)
+            else:
+                self._push.move_to_end(endpoint)
             try:
                 sock.send(frame, flags=zmq.NOBLOCK)
                 return True
@@ -74,9 +93,14 @@ class ControlPlane:
                     return
                 continue
             try:
-                self._on_message(messages.decode(frame))
+                msg = messages.decode(frame)
+            except ValueError as e:  # garbage from anyone who can reach the port
+                logger.warning("control message of %d bytes refused: %s", len(frame), e)
+                continue
+            try:
+                self._on_message(msg)
             except Exception:  # a bad message must not kill the control thread
-                logger.exception("error while handling a control message")
+                logger.exception("error while handling a %s message from %s", msg.T, msg.peer)
 
     def close(self) -> None:
         self._stop.set()

@@ -18,7 +18,6 @@ the heartbeat sends no ack: missed heartbeats do not prove that its transfer thr
 from __future__ import annotations
 
 import logging
-import random
 import threading
 import time
 from collections import defaultdict
@@ -28,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from sglang.srt.disaggregation.base.conn import ABORTED, KVPoll
+from sglang.srt.disaggregation.common import faults
 from sglang.srt.disaggregation.common.handshake import (
     HandshakeRefused,
     PrefillUnavailable,
@@ -39,6 +39,8 @@ from sglang.srt.disaggregation.common.messages import (
     AbortAckMsg,
     AbortMsg,
     MetadataMsg,
+    PingMsg,
+    PongMsg,
     StatusMsg,
 )
 from sglang.srt.disaggregation.common.room_table import ReceiverRoom, RoomTable
@@ -48,6 +50,8 @@ if TYPE_CHECKING:
     from sglang.srt.disaggregation.common.manager import CommonKVManager
 
 logger = logging.getLogger(__name__)
+
+REFUSED_WINDOW = 1.0  # seconds a refused bootstrap port is retried (a restart in progress)
 
 class DecodeSide:
     def __init__(self, mgr: CommonKVManager):
@@ -62,17 +66,22 @@ class DecodeSide:
         self.heartbeat = Heartbeat(self.known_prefills, self.on_prefill_lost)
 
     # ---- handshake -----------------------------------------------------------------------
-    def add_receiver(self, room: int, bootstrap_addr: str) -> None:
-        st = ReceiverRoom(room, bootstrap_addr)
+    def add_receiver(self, room: int, bootstrap_addr: str) -> bool:
+        """Track a new room; False (and nothing changed) if the room is already in flight."""
+        st = ReceiverRoom(room, bootstrap_addr, inject_failure=faults.request_fails())
         with self.lock:
+            if self.rooms.get(room) is not None:
+                logger.warning("Request %d: refused, bootstrap_room already in flight", room)
+                return False
             self.rooms.add(st)
             self.addr_rooms[bootstrap_addr].add(room)
             info = self.prefills.get(bootstrap_addr)
             if info is not None:
                 st.prefill_endpoint = info["endpoint"]
                 self.rooms.set_status(room, KVPoll.WaitingForInput)
-                return
+                return True
         self._pool.submit(self._handshake, room, bootstrap_addr)
+        return True
 
     def _handshake(self, room: int, addr: str) -> None:
         try:
@@ -119,14 +128,23 @@ class DecodeSide:
             return info
 
     def _fetch(self, addr: str) -> dict[str, Any]:
+        """GET /route, retried once a second while the prefill is starting (503, timeouts).
+        A refused connection (nothing listens there) is retried only for REFUSED_WINDOW."""
         attempts = envs.bootstrap_fetch_attempts
         last: Exception | None = None
+        start = time.monotonic()
         for i in range(attempts):
             try:
                 return fetch_prefill_info(addr)
             except PrefillUnavailable as e:
                 last = e
-            if i + 1 < attempts and self._closing.wait(1.0):
+                if e.refused and time.monotonic() - start >= REFUSED_WINDOW:
+                    raise PrefillUnavailable(
+                        f"Could not fetch prefill info from {addr}: connection refused for "
+                        f"{time.monotonic() - start:.1f}s ({e}); is the prefill server up and "
+                        f"its --disaggregation-bootstrap-port right?", refused=True) from e
+            pause = 0.2 if last is not None and getattr(last, "refused", False) else 1.0
+            if i + 1 < attempts and self._closing.wait(pause):
                 break  # shutting down
             if not self.addr_rooms.get(addr):
                 break  # every request for it is gone
@@ -172,9 +190,8 @@ class DecodeSide:
                     f"SGLANG_DISAGGREGATION_WAITING_TIMEOUT if prefills are just slow)",
                     tell_prefill=True,
                 )
-        elif st.status not in (KVPoll.Success, KVPoll.Failed) and envs.test_failure_prob > 0:
-            if random.random() < envs.test_failure_prob:
-                self.fail(room, "Failed by SGLANG_TEST_DISAGG_FAILURE_PROB (test only)", True)
+        elif st.inject_failure and st.status not in (KVPoll.Success, KVPoll.Failed):
+            self.fail(room, faults.INJECTED_REQUEST, True)
         return st.status
 
     def abort(self, room: int) -> None:
@@ -221,6 +238,15 @@ class DecodeSide:
         # AbortMsg asks for the ack that frees the pages.
         self.fail(msg.room, f"Failed to get kvcache from prefill instance {msg.peer}: "
                             f"{msg.reason}", tell_prefill=not msg.reregister)
+
+    def on_ping(self, msg: PingMsg) -> None:
+        """A prefill probes this decode after a failed write: answer only a connected one."""
+        with self.lock:
+            known = any(i["endpoint"] == msg.peer for i in self.prefills.values())
+        if known:
+            self.mgr.control.send(msg.peer, PongMsg(self.mgr.endpoint))
+        else:
+            logger.debug("Ping from unknown prefill %s ignored", msg.peer)
 
     def on_abort_ack(self, msg: AbortAckMsg) -> None:
         st = self.rooms.get(msg.room)

@@ -10,13 +10,19 @@ import urllib.error
 import urllib.request
 from typing import Any, Optional
 
+from sglang.srt.disaggregation.common.bootstrap_server import SECRET_HEADER
 from sglang.srt.disaggregation.common.utils import http_host
 
 logger = logging.getLogger(__name__)
 
 
 class PrefillUnavailable(RuntimeError):
-    """The bootstrap server did not answer (yet): worth retrying."""
+    """The bootstrap server did not answer (yet): worth retrying. ``refused``: nothing listens
+    on its port (connection refused), worth retrying only briefly."""
+
+    def __init__(self, message: str, refused: bool = False):
+        super().__init__(message)
+        self.refused = refused
 
 
 class HandshakeRefused(RuntimeError):
@@ -28,18 +34,24 @@ def _url(addr: str, path: str) -> str:
     return f"http://{http_host(host)}:{port}{path}"
 
 
-def register_prefill(addr: str, info: dict[str, Any], attempts: int = 5) -> None:
-    """PUT the prefill's info to its bootstrap server at ``addr`` (retrying with backoff, as the
-    server thread may still be starting)."""
+def register_prefill(addr: str, info: dict[str, Any], secret: str, attempts: int = 5) -> None:
+    """PUT the prefill's info to its bootstrap server at ``addr`` with the server's secret
+    (retrying with backoff, as the server thread may still be starting; a refusal is final)."""
     body = json.dumps(info).encode()
     delay = 0.1
     for i in range(attempts):
         req = urllib.request.Request(_url(addr, "/route"), data=body, method="PUT")
         req.add_header("Content-Type", "application/json")
+        req.add_header(SECRET_HEADER, secret)
         try:
             with urllib.request.urlopen(req, timeout=5) as r:
                 r.read()
             return
+        except urllib.error.HTTPError as e:
+            raise RuntimeError(
+                f"The bootstrap server at {addr} refused the registration: {e.code} "
+                f"{e.read().decode(errors='replace')}"
+            ) from e
         except (urllib.error.URLError, OSError) as e:
             if i == attempts - 1:
                 raise RuntimeError(
@@ -59,7 +71,9 @@ def fetch_prefill_info(addr: str, engine_rank: int = 0, timeout: float = 3.0) ->
     except urllib.error.HTTPError as e:
         raise PrefillUnavailable(f"bootstrap server {addr} answered {e.code}") from e
     except (urllib.error.URLError, OSError, ValueError) as e:
-        raise PrefillUnavailable(f"bootstrap server {addr} unreachable: {e}") from e
+        cause = e.reason if isinstance(e, urllib.error.URLError) else e
+        raise PrefillUnavailable(f"bootstrap server {addr} unreachable: {e}",
+                                 refused=isinstance(cause, ConnectionRefusedError)) from e
 
 
 def check_health(addr: str, timeout: float = 2.0) -> Optional[str]:

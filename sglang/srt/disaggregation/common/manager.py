@@ -24,6 +24,8 @@ from sglang.srt.disaggregation.common.messages import (
     AbortMsg,
     Message,
     MetadataMsg,
+    PingMsg,
+    PongMsg,
     RegisterMsg,
     StatusMsg,
 )
@@ -31,6 +33,7 @@ from sglang.srt.disaggregation.common.prefill_side import PrefillSide
 from sglang.srt.disaggregation.common.room_table import PeerInfo
 from sglang.srt.disaggregation.common.transfer_worker import TransferFailed
 from sglang.srt.disaggregation.common.utils import Blocks
+from sglang.srt.env import envs
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +42,10 @@ __all__ = ["CommonKVManager", "TransferFailed"]
 
 class CommonKVManager(BaseKVManager):
     """``KVArgs.extra`` options: ``start_bootstrap_server`` (prefill, default True),
-    ``bootstrap_host`` (where that server binds, default 0.0.0.0)."""
+    ``bootstrap_host`` (where that server binds: the server's --host; default
+    ``local_host``, the address this manager advertises), ``bootstrap_secret`` (what this
+    rank's registration carries when another process runs the bootstrap server; default
+    SGLANG_DISAGGREGATION_BOOTSTRAP_SECRET)."""
 
     backend_name = "common"
 
@@ -62,8 +68,9 @@ class CommonKVManager(BaseKVManager):
         self.control.start()
         if mode == "prefill":
             if args.extra.get("start_bootstrap_server", True):
-                host = args.extra.get("bootstrap_host", "0.0.0.0")
-                self.bootstrap_server = BootstrapServer(host, args.bootstrap_port)
+                host = args.extra.get("bootstrap_host") or args.local_host
+                self.bootstrap_server = BootstrapServer(
+                    host, args.bootstrap_port, args.extra.get("bootstrap_secret"))
             self.register_to_bootstrap()
         logger.info("KV manager (%s, %s) ready: %s", mode, self.backend_name, self.describe())
 
@@ -93,7 +100,11 @@ class CommonKVManager(BaseKVManager):
             rank_ip=self.args.local_host,
             rank_port=self.control.port,
         )
-        register_prefill(f"{self.args.local_host}:{self.args.bootstrap_port}", info)
+        if self.bootstrap_server is not None:
+            secret = self.bootstrap_server.secret
+        else:
+            secret = self.args.extra.get("bootstrap_secret") or envs.bootstrap_secret
+        register_prefill(f"{self.args.local_host}:{self.args.bootstrap_port}", info, secret)
 
     def registration(self) -> RegisterMsg:
         """Decode side: what the prefill needs to write into this decode's memory."""
@@ -110,10 +121,12 @@ class CommonKVManager(BaseKVManager):
 
     # ---- control plane -------------------------------------------------------------------
     def _on_message(self, msg: Message) -> None:
-        if isinstance(msg, (StatusMsg, AbortAckMsg)):
+        if isinstance(msg, (StatusMsg, AbortAckMsg, PingMsg)):
             if self.decode is not None:
                 if isinstance(msg, StatusMsg):
                     self.decode.on_status(msg)
+                elif isinstance(msg, PingMsg):
+                    self.decode.on_ping(msg)
                 else:
                     self.decode.on_abort_ack(msg)
                 return
@@ -124,6 +137,8 @@ class CommonKVManager(BaseKVManager):
                 self.prefill.on_metadata(msg)
             elif isinstance(msg, AbortMsg):
                 self.prefill.on_abort(msg)
+            elif isinstance(msg, PongMsg):
+                self.prefill.on_pong(msg)
             return
         logger.warning("%s manager ignores a %s message from %s", self.mode, msg.T, msg.peer)
 

@@ -9,6 +9,8 @@ sender's own PULL endpoint ("ip:port"), which is where replies go and how peers 
   prefill -> decode  StatusMsg     per request: Success, or Failed with the reason
   prefill -> decode  AbortAckMsg   per abort: the prefill will not write into that room's
                                    pages any more (its queued writes for it drained or dropped)
+  prefill -> decode  PingMsg       probe of a decode a write to which failed
+  decode -> prefill  PongMsg       the answer: the prefill takes the decode back
 
 Every peer is untrusted: ``decode`` checks each field's type and refuses unknown or missing
 fields, so a handler only ever sees well-typed values.
@@ -78,9 +80,23 @@ class AbortAckMsg:
     T = "abort_ack"
 
 
-Message = Union[RegisterMsg, MetadataMsg, AbortMsg, StatusMsg, AbortAckMsg]
+@dataclass
+class PingMsg:
+    peer: str
+
+    T = "ping"
+
+
+@dataclass
+class PongMsg:
+    peer: str
+
+    T = "pong"
+
+
+Message = Union[RegisterMsg, MetadataMsg, AbortMsg, StatusMsg, AbortAckMsg, PingMsg, PongMsg]
 _TYPES: dict[str, type] = {
-    c.T: c for c in (RegisterMsg, MetadataMsg, AbortMsg, StatusMsg, AbortAckMsg)
+    c.T: c for c in (RegisterMsg, MetadataMsg, AbortMsg, StatusMsg, AbortAckMsg, PingMsg, PongMsg)
 }
 _U64 = 1 << 64
 
@@ -95,17 +111,38 @@ def _valid(kind: str, v: Any) -> bool:
     return isinstance(v, {"str": str, "bytes": bytes, "bool": bool}[kind])
 
 
+def valid_endpoint(v: Any) -> bool:
+    """"host:port" as a ZMQ tcp endpoint takes it (host: IPv4, [IPv6] or a DNS name)."""
+    if not isinstance(v, str) or not 3 <= len(v) <= 300:
+        return False
+    host, _, port = v.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        return False
+    return all(c.isalnum() or c in ".-_[]:" for c in host)
+
+
 def encode(msg: Message) -> bytes:
     d = dataclasses.asdict(msg)
     d["t"] = msg.T
     return msgpack.packb(d, use_bin_type=True)
 
 
+MAX_FRAME = 16 << 20  # a registration with NIXL agent metadata is the largest message
+
+
 def decode(frame: bytes) -> Message:
-    d = msgpack.unpackb(frame, raw=False)
+    """The message in ``frame``; ValueError for anything else (garbage, truncated msgpack,
+    wrong types, oversized frames)."""
+    if len(frame) > MAX_FRAME:
+        raise ValueError(f"control message of {len(frame)} bytes exceeds {MAX_FRAME}")
+    try:
+        d = msgpack.unpackb(frame, raw=False, strict_map_key=True)
+    except Exception as e:  # msgpack raises several types for bad input
+        raise ValueError(f"control message is not valid msgpack: {type(e).__name__}: {e}") from None
     if not isinstance(d, dict):
         raise ValueError(f"control message is not a map: {d!r:.200}")
-    cls = _TYPES.get(d.pop("t", None))
+    t = d.pop("t", None)
+    cls = _TYPES.get(t) if isinstance(t, str) else None
     if cls is None:
         raise ValueError(f"unknown control message: {d!r:.200}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
@@ -117,4 +154,6 @@ def decode(frame: bytes) -> Message:
                 raise ValueError(f"{cls.T} message without field {name!r}")
         elif not _valid(str(f.type), d[name]):
             raise ValueError(f"{cls.T} message: field {name!r} is not {f.type}: {d[name]!r:.80}")
+    if not valid_endpoint(d.get("peer")):
+        raise ValueError(f"{cls.T} message: peer {d.get('peer')!r:.80} is not host:port")
     return cls(**d)

@@ -10,25 +10,30 @@ counterpart are dropped after the bootstrap timeout.
 A decode's abort is acknowledged (AbortAckMsg) once the room's writes already queued on its
 transfer worker have finished or been dropped: later ones are dropped because the room is
 Failed (or unknown, then recorded as an early abort). Only then may the decode reuse the pages.
+
+A room already in flight here is refused to a second sender (``add_sender`` returns False) and
+to a second decode's destination: the first request goes on untouched.
 """
 
 from __future__ import annotations
 
 import logging
-import random
 import time
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from sglang.srt.disaggregation.base.conn import ABORTED, KVPoll
+from sglang.srt.disaggregation.common import faults
 from sglang.srt.disaggregation.common.messages import (
     AbortAckMsg,
     AbortMsg,
     MetadataMsg,
+    PongMsg,
     RegisterMsg,
     StatusMsg,
 )
+from sglang.srt.disaggregation.common.peer_probe import PeerProbe
 from sglang.srt.disaggregation.common.room_table import (
     PeerInfo,
     RoomTable,
@@ -49,7 +54,7 @@ class PrefillSide:
         self.rooms: RoomTable[SenderRoom] = RoomTable()
         self.lock = self.rooms.lock
         self.peers: dict[str, PeerInfo] = {}
-        self.failed_peers: set[str] = set()
+        self.failed_peers = PeerProbe(mgr.endpoint, mgr.control.send)
         self.infos: dict[int, TransferInfo] = {}
         self.early_aborts: dict[int, tuple[float, str]] = {}
         self.recent_failures: dict[int, tuple[float, str]] = {}  # cleared rooms that failed
@@ -87,7 +92,7 @@ class PrefillSide:
             self.mgr.add_peer(peer)
         with self.lock:
             self.peers[msg.peer] = peer
-            self.failed_peers.discard(msg.peer)
+        self.failed_peers.restore(msg.peer, "it registered again")
         shown = {k: v for k, v in peer.transfer.items() if not isinstance(v, bytes)}
         logger.info("Decode %s registered its KV memory (%s)", msg.peer, shown)
 
@@ -102,13 +107,27 @@ class PrefillSide:
             return
         info = TransferInfo(msg.peer, msg.pages().copy(), msg.dst_aux_index)
         with self.lock:
-            self.infos[msg.room] = info
+            old = self.infos.get(msg.room)
+            if old is None:
+                self.infos[msg.room] = info
+        if old is not None:  # another request's (or a forged) claim on a room in flight
+            reason = (f"bootstrap_room {msg.room} is already in flight on prefill "
+                      f"{self.mgr.endpoint} (destination from decode {old.peer}); refused as a "
+                      f"duplicate")
+            logger.warning("Request %d: decode %s: %s", msg.room, msg.peer, reason)
+            if old.peer != msg.peer:
+                self._send_status(msg.peer, msg.room, KVPoll.Failed, reason)
+            return
+        with self.lock:
             self.rooms.set_status(msg.room, KVPoll.WaitingForInput)
             st = self.rooms.get(msg.room)
             reason = st.reason if st is not None and st.status == KVPoll.Failed else ""
             if msg.room in self.recent_failures:
                 reason = self.recent_failures[msg.room][1]
         if reason:  # this room already failed here: tell the decode now
+            if self.rooms.get(msg.room) is None:
+                with self.lock:
+                    self.infos.pop(msg.room, None)
             self._send_status(msg.peer, msg.room, KVPoll.Failed, reason)
             return
         logger.debug(
@@ -119,33 +138,47 @@ class PrefillSide:
 
     def on_abort(self, msg: AbortMsg) -> None:
         reason = f"{ABORTED} (by the decode instance {msg.peer})"
+        info = self.infos.get(msg.room)
+        if msg.peer not in self.peers or (info is not None and info.peer != msg.peer):
+            # a stranger's abort, or one for another decode's room: neither may touch it
+            logger.warning("Request %d: abort from decode %s ignored (%s)", msg.room, msg.peer,
+                           "not registered" if info is None or msg.peer not in self.peers
+                           else f"the room's decode is {info.peer}")
+            return
         with self.lock:
             self.infos.pop(msg.room, None)
             if self.rooms.get(msg.room) is None:
                 self.early_aborts[msg.room] = (time.monotonic(), reason)
             elif self.rooms.set_status(msg.room, KVPoll.Failed, reason):
                 logger.info("Request %d: %s", msg.room, reason)
-            known = msg.peer in self.peers
-        if not known:  # it cannot have pages here; and no socket for a stranger's endpoint
-            logger.warning("Request %d: abort from unregistered decode %s not acknowledged",
-                           msg.room, msg.peer)
-            return
         self.workers.after_pending(msg.room, lambda: self._ack_abort(msg.peer, msg.room))
+
+    def on_pong(self, msg: PongMsg) -> None:
+        if msg.peer in self.peers:
+            self.failed_peers.restore(msg.peer, "it answered a probe")
+
+    def mark_failed(self, peer: str) -> None:
+        self.failed_peers.mark_failed(peer)
 
     def _ack_abort(self, peer: str, room: int) -> None:
         if self.mgr.control.send(peer, AbortAckMsg(self.mgr.endpoint, room)):
             logger.debug("Request %d: abort acknowledged to %s", room, peer)
 
     # ---- sender API (scheduler thread) ---------------------------------------------------
-    def add_sender(self, room: int, bootstrap_addr: str) -> None:
-        st = SenderRoom(room, bootstrap_addr)
+    def add_sender(self, room: int, bootstrap_addr: str) -> bool:
+        """Track a new room; False (and nothing changed) if the room is already in flight."""
+        st = SenderRoom(room, bootstrap_addr, inject_failure=faults.request_fails())
         with self.lock:
+            if self.rooms.get(room) is not None:
+                logger.warning("Request %d: refused, bootstrap_room already in flight", room)
+                return False
             early = self.early_aborts.pop(room, None)
             if early is not None:
                 st.status, st.reason = KVPoll.Failed, early[1]
             elif room in self.infos:
                 st.status = KVPoll.WaitingForInput
             self.rooms.add(st)
+        return True
 
     def init_room(self, room: int, num_pages: int, aux_index: int) -> None:
         st = self.rooms.get(room)
@@ -172,7 +205,7 @@ class PrefillSide:
                 return
             info = self.infos.get(room)
             src = np.asarray(pages, dtype=np.int32).reshape(-1)
-            problem = self._check_send(st, info, len(src), last_chunk)
+            problem = st.check_send(info, len(src), last_chunk)
             if problem is None:
                 assert info is not None
                 start = st.sent_pages
@@ -193,23 +226,6 @@ class PrefillSide:
             return
         self.workers.submit(job)
 
-    @staticmethod
-    def _check_send(
-        st: SenderRoom, info: TransferInfo | None, n: int, last_chunk: bool
-    ) -> str | None:
-        if info is None:
-            return "send() called before the decode's destination pages arrived"
-        if st.queued_last:
-            return "send() called after the last chunk"
-        total = len(info.dst_pages)
-        if st.sent_pages + n > total:
-            return f"prefill sent {st.sent_pages + n} pages but the decode allocated only {total}"
-        if last_chunk and st.sent_pages + n != total:
-            return f"prefill sent {st.sent_pages + n} pages in all but the decode allocated {total}"
-        if last_chunk and st.aux_index is None:
-            return "last chunk sent before init() gave the metadata row"
-        return None
-
     def poll(self, room: int) -> KVPoll:
         st = self.rooms.get(room)
         if st is None:
@@ -218,9 +234,8 @@ class PrefillSide:
             waited = time.monotonic() - st.created
             if waited > envs.bootstrap_timeout:
                 self._bootstrap_timeout(room, waited)
-        elif st.status not in (KVPoll.Success, KVPoll.Failed) and envs.test_failure_prob > 0:
-            if random.random() < envs.test_failure_prob:
-                self.fail(room, "Failed by SGLANG_TEST_DISAGG_FAILURE_PROB (test only)", True)
+        elif st.inject_failure and st.status not in (KVPoll.Success, KVPoll.Failed):
+            self.fail(room, faults.INJECTED_REQUEST, True)
         return st.status
 
     def _bootstrap_timeout(self, room: int, waited: float) -> None:
@@ -264,17 +279,7 @@ class PrefillSide:
 
     def metric(self, room: int) -> dict[str, Any]:
         st = self.rooms.get(room)
-        if st is None or st.t_first is None:
-            return {}
-        end = st.t_done if st.t_done is not None else time.monotonic()
-        secs = max(end - st.t_first, 1e-9)
-        return {
-            "bytes": st.bytes,
-            "blocks": st.blocks,
-            "pages": st.sent_pages,
-            "seconds": secs,
-            "gbps": st.bytes / secs / 1e9,
-        }
+        return {} if st is None else st.metric()
 
     def _purge_stale(self) -> None:
         now = time.monotonic()
@@ -291,4 +296,5 @@ class PrefillSide:
                     del table[room]
 
     def close(self) -> None:
+        self.failed_peers.close()
         self.workers.close()

@@ -24,6 +24,7 @@ class RoomState:
     reason: str = ""
     created: float = field(default_factory=time.monotonic)
     status_since: float = field(default_factory=time.monotonic)
+    inject_failure: bool = False  # SGLANG_TEST_DISAGG_FAILURE_PROB drew this request
 
 
 @dataclass
@@ -38,6 +39,30 @@ class SenderRoom(RoomState):
     blocks: int = 0
     t_first: Optional[float] = None
     t_done: Optional[float] = None
+
+    def check_send(self, info: Optional["TransferInfo"], n: int, last_chunk: bool) -> Optional[str]:
+        """Why sending ``n`` more pages (``last_chunk`` or not) is wrong, or None."""
+        if info is None:
+            return "send() called before the decode's destination pages arrived"
+        if self.queued_last:
+            return "send() called after the last chunk"
+        total = len(info.dst_pages)
+        if self.sent_pages + n > total:
+            return f"prefill sent {self.sent_pages + n} pages but the decode allocated only {total}"
+        if last_chunk and self.sent_pages + n != total:
+            return (f"prefill sent {self.sent_pages + n} pages in all but the decode allocated "
+                    f"{total}")
+        if last_chunk and self.aux_index is None:
+            return "last chunk sent before init() gave the metadata row"
+        return None
+
+    def metric(self) -> dict[str, Any]:
+        if self.t_first is None:
+            return {}
+        end = self.t_done if self.t_done is not None else time.monotonic()
+        secs = max(end - self.t_first, 1e-9)
+        return {"bytes": self.bytes, "blocks": self.blocks, "pages": self.sent_pages,
+                "seconds": secs, "gbps": self.bytes / secs / 1e9}
 
 
 @dataclass

@@ -3,7 +3,8 @@
 A room's jobs always go to the same queue (``room % n``), so its chunks are written in order
 and its aux row and Success come after all of its pages. A write that fails marks the
 destination decode as failed: later chunks for it fail at once instead of waiting on a dead
-peer, until that decode registers again. ``after_pending`` runs a callback on a room's queue
+peer, until the decode answers a probe (peer_probe.py) or registers again. Injected test
+failures (faults.py) fail only their room. ``after_pending`` runs a callback on a room's queue
 once every job queued before it for that room has run (or been dropped): how an abort is
 acknowledged only after the room's in-flight writes drained.
 """
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING, Callable, Optional, Union
 import numpy as np
 
 from sglang.srt.disaggregation.base.conn import KVPoll
+from sglang.srt.disaggregation.common import faults
 from sglang.srt.disaggregation.common.messages import StatusMsg
 from sglang.srt.disaggregation.common.utils import (
     aux_blocks,
@@ -117,6 +119,7 @@ class TransferWorkers:
         if envs.test_transfer_delay > 0:  # test only: keep this write in flight a while
             time.sleep(envs.test_transfer_delay)
         try:
+            faults.before_write("KV" if blocks.src else "metadata", job.peer)  # test-only knobs
             if aux is not None and blocks.src and self.mgr.merges_aux(peer):
                 self.mgr.write(peer, blocks + aux, "kv")  # one engine call, one completion
             else:
@@ -125,8 +128,8 @@ class TransferWorkers:
                 if aux is not None:
                     self.mgr.write(peer, aux, "aux")
         except Exception as e:
-            with side.lock:
-                side.failed_peers.add(job.peer)
+            if not isinstance(e, faults.InjectedWriteFailure):
+                side.mark_failed(job.peer)
             if st.status == KVPoll.Failed:  # fail() would say nothing of an aborted room
                 logger.warning("Request %d (aborted): write to %s failed: %s", room, job.peer, e)
             side.fail(room, f"Failed to send kv chunk of {room} to {job.peer}: {e}", notify=True)

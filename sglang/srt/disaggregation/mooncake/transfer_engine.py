@@ -1,6 +1,11 @@
 """Mooncake TransferEngine, wrapped: protocol choice, memory registration, bounded batch writes.
 
 P2P handshake mode: no metadata server; a peer is addressed by its session id "host:rpc_port".
+
+Exposure: the session id advertises the server's --host, but Mooncake (0.3.x) binds its
+handshake/RPC port on 0.0.0.0 and its TCP data port on every interface whatever that host is
+(MC_TCP_BIND_ADDRESS does not change them here); restrict them with a firewall, or use RDMA
+(MC_RDMA_BIND_ADDRESS) where the NIC allows.
 """
 
 from __future__ import annotations

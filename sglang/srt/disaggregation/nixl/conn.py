@@ -6,6 +6,10 @@ every write descriptor for it (NIXL finds no registration otherwise: NIXL_ERR_NO
 The decode ships its agent metadata in its KV-args registration; the prefill adds it as a
 remote agent and WRITEs into it. Completion travels as the common ZMQ status message (no NIXL
 notifications), exactly as with Mooncake.
+
+Exposure: NIXL's UCX backend listens on the interfaces UCX picks (every one with a usable
+transport); restrict them with UCX_NET_DEVICES / UCX_TCP_IFACE (e.g. UCX_NET_DEVICES=lo).
+Agent metadata travels only over our control plane, bound to the server's --host.
 """
 
 from __future__ import annotations
