@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from sglang.srt.disaggregation.base.conn import KVArgs, KVPoll
+from sglang.srt.disaggregation.base.conn import ABORTED, KVArgs, KVPoll
 from sglang.srt.disaggregation.common.metadata_buffers import (
     MetadataBuffers,
     MetadataSlotAllocator,
@@ -75,6 +75,8 @@ class DisaggQueuesBase:
 
     def fail(self, req: "Req", what: str, status: int = 500) -> None:
         exc = req.disagg.failure_exception() if req.disagg is not None else None
+        if str(getattr(exc, "reason", "")).startswith(ABORTED):
+            status = 499  # an abort ends as 499 on either side, as a decode's or a queued one
         msg = (f"{what} for request rid={req.rid} bootstrap_room={req.bootstrap_room} "
                f"with exception {exc}")
         logger.warning(msg)
