@@ -463,3 +463,20 @@ def test_prefill_failing_mid_stream_ends_the_stream(stub_loop: Any) -> None:
         assert wait_for(lambda: decode.aborts == ["mid"]), decode.aborts
     finally:
         lb.stop()
+
+
+def test_decode_failing_inside_a_started_stream_aborts_the_prefill(stub_loop: Any) -> None:
+    """Issue 11 finding 5: the decode reports a failure in its stream (its SSE error event)
+    while the prefill leg is still open: the prefill half is aborted at once."""
+    prefill = start_stub(stub_loop, "prefill", mode="hang")
+    decode = start_stub(stub_loop, "decode", mode="late_error")
+    lb = LB([prefill.url], [decode.url])
+    try:
+        body = {"text": "a", "stream": True, "rid": "cut"}
+        r = requests.post(f"{lb.url}/generate", json=body, timeout=20)
+        assert r.status_code == 200
+        events = [ln for ln in r.text.split("\n\n") if ln.startswith("data:")]
+        assert any("KV transfer failed" in e for e in events), events
+        assert wait_for(lambda: prefill.aborts == ["cut"]), prefill.aborts
+    finally:
+        lb.stop()

@@ -41,6 +41,7 @@ from sglang.srt.disaggregation.lb.legs import (
 __all__ = ["ClientGone", "Job", "LegError", "Proxy", "Reply", "Retry", "error_response"]
 logger = logging.getLogger("sglang.mini_lb")
 CHUNK = 64 * 1024
+PREFILL_GRACE = 0.5  # seconds a failed decode waits to learn whether the prefill failed too
 
 
 class Proxy(Legs):
@@ -143,13 +144,28 @@ class Proxy(Legs):
             merged = merge_input_logprobs(json.loads(decode.body), json.loads(prefill.body))
             return web.json_response(merged, status=decode.status)
         except LegError as e:
-            error = e
+            error = e = await self._root_cause(e, job, tasks["prefill"])
             if job.may_retry and e.peer_failure:
                 raise Retry(e) from None
             logger.warning("request %s failed: %s", job.rids, e.message)
             return error_response(e.message, e.status)
         finally:
             self._cleanup(job, tasks, ok, error=error)
+
+    @staticmethod
+    async def _root_cause(e: LegError, job: Job, prefill: asyncio.Task[Any]) -> LegError:
+        """A decode that answered 500 (e.g. its KV transfer failed) while the prefill is still
+        at work: give the prefill a moment; if it fails too, its error is the cause (and the
+        prefill is the server the circuit breaker blames)."""
+        if e.server != job.decode or e.status != 500:
+            return e
+        if not prefill.done():
+            await asyncio.wait([prefill], timeout=PREFILL_GRACE)
+        if prefill.done() and not prefill.cancelled():
+            cause = prefill.exception()
+            if isinstance(cause, LegError) and cause.peer_failure:
+                return cause
+        return e
 
     # ---- stream ---------------------------------------------------------------------------
     async def forward_stream(self, request: web.Request, job: Job) -> web.StreamResponse:
