@@ -12,13 +12,14 @@ checks every 0.5 s. The tests run in file order and share the cluster's story.
 from __future__ import annotations
 
 import json
+import random
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
 
-from pool_checks import assert_pool_whole
+from pool_checks import assert_pool_whole, pool_state
 from sglang.srt.disaggregation.lb.health import (
     CLOSED,
     HALF_OPEN,
@@ -44,6 +45,7 @@ LB_ARGS = ["--health-check-interval-secs", "0.5", "--health-check-timeout-secs",
            "--cb-failure-threshold", "2", "--cb-success-threshold", "1",
            "--cb-timeout-duration-secs", "2", "--timeout", "60", "--enable-metrics"]
 GREEDY = {"temperature": 0, "max_new_tokens": 8}
+SLOW_WRITES = {"SGLANG_TEST_DISAGG_TRANSFER_DELAY": "0.5"}  # the restarted prefill1: aborts land
 PROMPTS = ["Once upon a time", "The capital of France is", "1 2 3 4 5", "Hello there, my name"]
 
 
@@ -196,7 +198,7 @@ def test_dead_prefill_leaves_rotation_and_comes_back(lbc, unified):
     # restarted healthy on the same ports: back in rotation, and served again
     port, bport = lbc["ports"][1]
     procs["p1"] = p1 = launch_prefill(lbc["model"], lbc["dir"], "prefill1-restarted", port,
-                                      bport, ENV)
+                                      bport, {**ENV, **SLOW_WRITES})
     wait(lambda: worker(lb.url, p1.url)["available"], 10)
     for i in range(6):
         t = PROMPTS[i % len(PROMPTS)]
@@ -206,6 +208,32 @@ def test_dead_prefill_leaves_rotation_and_comes_back(lbc, unified):
     assert served >= 2, "the restarted prefill got no traffic"
     assert worker(lb.url, p1.url)["circuit_breaker"]["state"] == CLOSED
     assert_pool_whole(p1.url, timeout=5)
+
+
+# ---- finding 6: one abort, one status, whichever side it reaches --------------------------
+@pytest.mark.parametrize("side", ["prefill", "decode"])
+def test_an_abort_is_499_on_both_sides(lbc, side):
+    """A request whose KV write is in flight (prefill1 delays its writes) is aborted by rid on
+    one side; both servers answer 499 (the prefill used to answer 500)."""
+    procs = lbc["procs"]
+    p1, d0 = procs["p1"], procs["d0"]
+    rid = f"abort-{side}"
+    body = {"text": "Once upon a time", "sampling_params": GREEDY, "rid": rid,
+            "bootstrap_host": "127.0.0.1", "bootstrap_port": lbc["ports"][1][1],
+            "bootstrap_room": random.randrange(1, 2**63)}
+    with ThreadPoolExecutor(2) as pool:
+        legs = [pool.submit(requests.post, u + "/generate", json=body, timeout=60)
+                for u in (p1.url, d0.url)]
+        wait(lambda: pool_state(p1.url)["disaggregation"]["inflight_queue"] == 1, 10)
+        target = p1 if side == "prefill" else d0
+        assert requests.post(target.url + "/abort_request", json={"rid": rid},
+                             timeout=10).status_code == 200
+        answers = [f.result() for f in legs]
+    assert [r.status_code for r in answers] == [499, 499], [r.text for r in answers]
+    for r in answers:
+        assert "Aborted by AbortReq" in r.json()["error"]["message"]
+    assert_pool_whole(p1.url, timeout=5)
+    assert_pool_whole(d0.url, timeout=10)
 
 
 # ---- (c) the decode dies mid-stream: an SSE error event, and the prefill is left with nothing -

@@ -75,7 +75,7 @@ class DisaggQueuesBase:
 
     def fail(self, req: "Req", what: str, status: int = 500) -> None:
         exc = req.disagg.failure_exception() if req.disagg is not None else None
-        if str(getattr(exc, "reason", "")).startswith(ABORTED):
+        if ABORTED in str(getattr(exc, "reason", "")):
             status = 499  # an abort ends as 499 on either side, as a decode's or a queued one
         msg = (f"{what} for request rid={req.rid} bootstrap_room={req.bootstrap_room} "
                f"with exception {exc}")
