@@ -126,8 +126,9 @@ async def _to_first_prefill(request: web.Request, path: str) -> web.Response:
     pool, proxy = request.app[POOL], request.app[PROXY]
     if not pool.prefills:
         return error_response("no prefill server registered", 503)
+    live = [p for p in pool.prefills if pool.workers.available(p.url)] or pool.prefills
     try:
-        return _relay(await proxy.call("GET", f"{pool.prefills[0].url}{path}", "prefill"))
+        return _relay(await proxy.call("GET", f"{live[0].url}{path}", "prefill"))
     except LegError as e:
         return error_response(e.message, e.status)
 
@@ -219,6 +220,8 @@ def main(argv: Optional[list[str]] = None) -> None:
         logger.info("prefill %s (bootstrap port %s)", url, port)
     for url in args.decode_urls:
         logger.info("decode %s", url)
+    logger.info("health checks: %s; circuit breaker: %s; attempts per request: %d",
+                args.health, args.breaker, args.max_attempts)  # fmt: skip
     web.run_app(
         build_app(args), host=args.host, port=args.port, handler_cancellation=True,
         access_log=None, print=lambda *_: logger.info("listening on %s:%d", args.host, args.port),
