@@ -211,6 +211,8 @@ class Proxy(Legs):
                 pass
             return out
         except LegError as e:
+            if out is None:
+                e = await self._root_cause(e, job, tasks["prefill"])
             error = e
             if out is None and job.may_retry and e.peer_failure:
                 raise Retry(e) from None
