@@ -408,7 +408,7 @@ def test_prefill_error_fails_fast(stub_loop: Any, stream: bool) -> None:
         r = requests.post(f"{lb.url}/generate", json=body, timeout=20)
         assert time.time() - t0 < 5
         msg = r.json()["error"]["message"]
-        assert r.status_code == 500 and prefill.url in msg and "exploded" in msg, r.text
+        assert r.status_code == 502 and prefill.url in msg and "exploded" in msg, r.text
         assert wait_for(lambda: len(decode.aborts) == 4)  # the attempt and its retry
         rids = [r for _, b in prefill.bodies for r in b["rid"]]  # injected rids, fresh per try
         assert len(set(rids)) == 4 and sorted(decode.aborts) == sorted(rids)

@@ -33,10 +33,13 @@ async def send(out: web.StreamResponse, data: bytes) -> None:
 
 class LegError(Exception):
     """A failed leg: the status the client gets, a message naming the server, and the server
-    to blame (None when the request itself is at fault)."""
+    to blame (None when the request itself is at fault). A server's own 5xx reaches the client
+    as 502 (a peer error; the message keeps the server's status), its 503 and 504 as they are."""
 
     def __init__(self, status: int, message: str, server: Optional[str] = None) -> None:
         super().__init__(message)
+        if server is not None and status >= 500 and status not in (502, 503, 504):
+            status = 502
         self.status, self.message, self.server = status, message, server
 
     @property
