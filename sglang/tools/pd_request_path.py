@@ -35,10 +35,12 @@ def trace(model: str) -> dict[str, tuple[str, str]]:
     bport = free_port()
     prefill, decode = _scheduler(model, "prefill", bport), _scheduler(model, "decode", bport)
     seen: dict[str, tuple[str, str]] = {}
+    me = __file__
 
     def prof(frame, event, arg):  # noqa: ARG001
         f = frame.f_code.co_filename
-        if event == "call" and "/sglang/" in f and "site-packages" not in f and f not in seen:
+        if (event == "call" and "/sglang/" in f and "site-packages" not in f and f != me
+                and f not in seen):
             seen[f] = (threading.current_thread().name, frame.f_code.co_name)
 
     sp = SamplingParams(max_new_tokens=4, temperature=0.0)
