@@ -390,7 +390,9 @@ def test_unreachable_prefill_fails_fast(stub_loop: Any, stream: bool) -> None:
         r = requests.post(f"{lb.url}/generate", json=body, timeout=20)
         assert time.time() - t0 < 5
         assert r.status_code == 502 and dead in r.json()["error"]["message"], r.text
-        assert wait_for(lambda: decode.aborts == ["client-rid"]), "decode leg was not aborted"
+        # the attempt and its one retry (fresh rid: the client's with -retry1), both aborted
+        want = ["client-rid", "client-rid-retry1"]
+        assert wait_for(lambda: sorted(decode.aborts) == want), decode.aborts
     finally:
         lb.stop()
 
@@ -406,9 +408,10 @@ def test_prefill_error_fails_fast(stub_loop: Any, stream: bool) -> None:
         r = requests.post(f"{lb.url}/generate", json=body, timeout=20)
         assert time.time() - t0 < 5
         msg = r.json()["error"]["message"]
-        assert r.status_code == 500 and prefill.url in msg and "exploded" in msg, r.text
-        assert wait_for(lambda: len(decode.aborts) == 2)
-        assert sorted(decode.aborts) == sorted(prefill.bodies[0][1]["rid"])  # injected rids
+        assert r.status_code == 502 and prefill.url in msg and "exploded" in msg, r.text
+        assert wait_for(lambda: len(decode.aborts) == 4)  # the attempt and its retry
+        rids = [r for _, b in prefill.bodies for r in b["rid"]]  # injected rids, fresh per try
+        assert len(set(rids)) == 4 and sorted(decode.aborts) == sorted(rids)
     finally:
         lb.stop()
 
@@ -420,7 +423,7 @@ def test_unreachable_decode_fails_fast(stub_loop: Any) -> None:
     try:
         r = requests.post(f"{lb.url}/v1/chat/completions", json={"messages": []}, timeout=20)
         assert r.status_code == 502 and dead in r.json()["error"]["message"]
-        assert wait_for(lambda: len(prefill.aborts) == 1), "prefill leg was not aborted"
+        assert wait_for(lambda: len(prefill.aborts) == 2), "prefill legs were not aborted"
     finally:
         lb.stop()
 
@@ -458,5 +461,22 @@ def test_prefill_failing_mid_stream_ends_the_stream(stub_loop: Any) -> None:
         err = json.loads(events[-2][5:])["error"]
         assert prefill.url in err["message"] and "KV transfer failed" in err["message"]
         assert wait_for(lambda: decode.aborts == ["mid"]), decode.aborts
+    finally:
+        lb.stop()
+
+
+def test_decode_failing_inside_a_started_stream_aborts_the_prefill(stub_loop: Any) -> None:
+    """Issue 11 finding 5: the decode reports a failure in its stream (its SSE error event)
+    while the prefill leg is still open: the prefill half is aborted at once."""
+    prefill = start_stub(stub_loop, "prefill", mode="hang")
+    decode = start_stub(stub_loop, "decode", mode="late_error")
+    lb = LB([prefill.url], [decode.url])
+    try:
+        body = {"text": "a", "stream": True, "rid": "cut"}
+        r = requests.post(f"{lb.url}/generate", json=body, timeout=20)
+        assert r.status_code == 200
+        events = [ln for ln in r.text.split("\n\n") if ln.startswith("data:")]
+        assert any("KV transfer failed" in e for e in events), events
+        assert wait_for(lambda: prefill.aborts == ["cut"]), prefill.aborts
     finally:
         lb.stop()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
-from sglang.srt.base_types import KVPoll
+from sglang.srt.base_types import ABORTED, KVPoll
 from sglang.srt.disaggregation.base.conn import BaseKVManager, KVArgs
 from sglang.srt.disaggregation.common.metadata_buffers import (
     MetadataBuffers,
@@ -113,6 +113,8 @@ class DisaggQueuesBase:
 
     def fail(self, req: "Req", what: str, status: int = 500) -> None:
         exc = req.disagg.failure_exception() if req.disagg is not None else None
+        if ABORTED in str(getattr(exc, "reason", "")):
+            status = 499  # an abort ends as 499 on either side, as a decode's or a queued one
         msg = (f"{what} for request rid={req.rid} bootstrap_room={req.bootstrap_room} "
                f"with exception {exc}")
         logger.warning(msg)

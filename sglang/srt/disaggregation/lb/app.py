@@ -11,26 +11,15 @@ import aiohttp
 from aiohttp import web
 
 from sglang.srt.disaggregation.lb.args import LBArgs, normalize_url, parse_args
-from sglang.srt.disaggregation.lb.bodies import (
-    ensure_rids,
-    inject_bootstrap,
-    request_text,
-    wants_logprob_merge,
-)
+from sglang.srt.disaggregation.lb.health import HealthChecker, Workers
 from sglang.srt.disaggregation.lb.pool import Prefill, ServerPool
-from sglang.srt.disaggregation.lb.proxy import Job, LegError, Proxy, Reply, error_response
+from sglang.srt.disaggregation.lb.proxy import LegError, Proxy, Reply, error_response
+from sglang.srt.disaggregation.lb.route import json_body, route
 
 logger = logging.getLogger("sglang.mini_lb")
 POOL = web.AppKey("pool", ServerPool)
 PROXY = web.AppKey("proxy", Proxy)
-
-
-async def _json_body(request: web.Request) -> Any:
-    raw = await request.read()
-    try:
-        return json.loads(raw)
-    except ValueError as e:
-        raise LegError(400, f"invalid JSON body: {e}") from None
+ATTEMPTS = web.AppKey("attempts", int)
 
 
 def _relay(reply: Reply) -> web.Response:
@@ -55,30 +44,9 @@ async def fetch_load(proxy: Proxy, url: str) -> Optional[float]:
 
 
 async def _generate(request: web.Request, endpoint: str) -> web.StreamResponse:
-    pool, proxy = request.app[POOL], request.app[PROXY]
-    try:
-        body = await _json_body(request)
-        if not isinstance(body, dict):
-            raise LegError(400, "request body must be a JSON object")
-        prefill, decode = await pool.choose(request_text(body, endpoint),
-                                            lambda url: fetch_load(proxy, url))
-    except LegError as e:
-        return error_response(e.message, e.status)
-    except LookupError as e:
-        return error_response(str(e), 503)
-    body = inject_bootstrap(body, prefill, endpoint)
-    rids = ensure_rids(body, endpoint)
-    merge = endpoint == "generate" and wants_logprob_merge(body)
-    job = Job(prefill.url, decode, endpoint, body, rids, merge)
-    logger.debug("%s rid=%s room=%s -> %s + %s", endpoint, rids, body["bootstrap_room"],
-                 prefill.url, decode)  # fmt: skip
-    pool.begin(prefill.url, decode)
-    try:
-        if body.get("stream"):
-            return await proxy.forward_stream(request, job)
-        return await proxy.forward(job)
-    finally:
-        pool.end(prefill.url, decode)
+    proxy = request.app[PROXY]
+    return await route(request, endpoint, request.app[POOL], proxy, request.app[ATTEMPTS],
+                       lambda url: fetch_load(proxy, url), getattr(proxy, "on_retry", None))
 
 
 async def generate(request: web.Request) -> web.StreamResponse:
@@ -125,6 +93,11 @@ async def health(request: web.Request) -> web.Response:
     return web.Response(text="OK")
 
 
+async def workers(request: web.Request) -> web.Response:
+    """Every server's health-check and circuit-breaker state, by role."""
+    return web.json_response(request.app[POOL].workers.describe())
+
+
 async def health_generate(request: web.Request) -> web.Response:
     _, failures = await _fanout(request, "GET", "/health_generate")
     if failures:
@@ -153,8 +126,9 @@ async def _to_first_prefill(request: web.Request, path: str) -> web.Response:
     pool, proxy = request.app[POOL], request.app[PROXY]
     if not pool.prefills:
         return error_response("no prefill server registered", 503)
+    live = [p for p in pool.prefills if pool.workers.available(p.url)] or pool.prefills
     try:
-        return _relay(await proxy.call("GET", f"{pool.prefills[0].url}{path}", "prefill"))
+        return _relay(await proxy.call("GET", f"{live[0].url}{path}", "prefill"))
     except LegError as e:
         return error_response(e.message, e.status)
 
@@ -175,7 +149,7 @@ async def model_info(request: web.Request) -> web.Response:
 async def register(request: web.Request) -> web.Response:
     """Body {"mode": "prefill"|"decode", "registry_url": URL, "bootstrap_port": int|null}."""
     try:
-        body = await _json_body(request)
+        body = await json_body(request)
     except LegError as e:
         return error_response(e.message, e.status)
     mode = body.get("mode") if isinstance(body, dict) else None
@@ -198,15 +172,22 @@ async def register(request: web.Request) -> web.Response:
 def build_app(args: LBArgs) -> web.Application:
     app = web.Application(client_max_size=1 << 30)
     prefills = [Prefill(u, p) for u, p in zip(args.prefill_urls, args.prefill_bootstrap_ports)]
-    app[POOL] = ServerPool(prefills, args.decode_urls, args.policy)
+    states = Workers(args.health, args.breaker)
+    app[POOL] = pool = ServerPool(prefills, args.decode_urls, args.policy, workers=states)
+    app[ATTEMPTS] = args.max_attempts
     from sglang.srt.disaggregation.lb.metrics import create_lb_metrics
 
     metrics = create_lb_metrics(args)  # --enable-metrics; None without
-    app[PROXY] = proxy = metrics.proxy(args.timeout) if metrics else Proxy(args.timeout)
+    app[PROXY] = proxy = metrics.proxy(args.timeout, pool) if metrics else Proxy(args.timeout)
+    proxy.report = states.record_request
+    checker = HealthChecker(states)
 
     async def lifecycle(app: web.Application) -> Any:
         await proxy.start()
+        assert proxy.session is not None
+        checker.start(proxy.session)
         yield
+        await checker.stop()
         await proxy.close()
 
     app.cleanup_ctx.append(lifecycle)
@@ -215,6 +196,7 @@ def build_app(args: LBArgs) -> web.Application:
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_get("/v1/models", models)
     app.router.add_get("/health", health)
+    app.router.add_get("/workers", workers)
     app.router.add_get("/health_generate", health_generate)
     app.router.add_get("/get_server_info", get_server_info)
     app.router.add_get("/server_info", get_server_info)
@@ -238,6 +220,8 @@ def main(argv: Optional[list[str]] = None) -> None:
         logger.info("prefill %s (bootstrap port %s)", url, port)
     for url in args.decode_urls:
         logger.info("decode %s", url)
+    logger.info("health checks: %s; circuit breaker: %s; attempts per request: %d",
+                args.health, args.breaker, args.max_attempts)  # fmt: skip
     web.run_app(
         build_app(args), host=args.host, port=args.port, handler_cancellation=True,
         access_log=None, print=lambda *_: logger.info("listening on %s:%d", args.host, args.port),

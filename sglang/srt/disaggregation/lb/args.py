@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
+from sglang.srt.disaggregation.lb.health import BreakerConfig, HealthConfig
 from sglang.srt.disaggregation.lb.policy import POLICIES
 from sglang.srt.utils.network import DEFAULT_BOOTSTRAP_PORT
 
@@ -27,6 +28,9 @@ class LBArgs:
     log_level: str = "info"
     policy: str = "round_robin"
     enable_metrics: bool = False  # GET /metrics (lb/metrics.py)
+    health: HealthConfig = field(default_factory=HealthConfig)
+    breaker: BreakerConfig = field(default_factory=BreakerConfig)
+    max_attempts: int = 2  # --retry-max-retries: attempts in all, the first included
 
 
 def normalize_url(url: str) -> str:
@@ -94,8 +98,10 @@ def parse_args(argv: Optional[list[str]] = None) -> LBArgs:
                    f"{DEFAULT_BOOTSTRAP_PORT}); 'none' for no port")
     p.add_argument("--host", default="0.0.0.0")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--timeout", type=float, default=600.0,
-                   help="seconds to wait on a server (non-stream total; stream per read)")
+    p.add_argument("--timeout", "--request-timeout-secs", dest="timeout", type=float,
+                   default=600.0, help="seconds to wait on a server (non-stream total; stream "
+                   "per read); past it the client gets 504")
+    _resilience_args(p)
     p.add_argument("--log-level", default="info")
     p.add_argument("--enable-metrics", action="store_true",
                    help="serve Prometheus metrics (sgl_router_* names) on /metrics")
@@ -111,4 +117,46 @@ def parse_args(argv: Optional[list[str]] = None) -> LBArgs:
     args = LBArgs(urls, decode, ports, ns.host, ns.port, ns.timeout,  # type: ignore[arg-type]
                   ns.log_level, ns.policy)  # fmt: skip
     args.enable_metrics = ns.enable_metrics
+    args.health = HealthConfig(ns.health_check_interval_secs, ns.health_check_timeout_secs,
+                               ns.health_failure_threshold, ns.health_success_threshold,
+                               ns.health_check_endpoint, not ns.disable_health_check)
+    args.breaker = BreakerConfig(ns.cb_failure_threshold, ns.cb_success_threshold,
+                                 ns.cb_timeout_duration_secs, not ns.disable_circuit_breaker)
+    args.max_attempts = 1 if ns.disable_retries else ns.retry_max_retries
     return args
+
+
+def _positive(kind: type) -> Any:
+    def conv(token: str) -> Any:
+        value = kind(token)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {token}")
+        return value
+
+    return conv
+
+
+def _resilience_args(p: argparse.ArgumentParser) -> None:
+    """sglang-router's health-check, circuit-breaker and retry flags (its names and defaults,
+    but 2 attempts: a failed request is retried once)."""
+    h, cb, r = HealthConfig(), BreakerConfig(), LBArgs()
+    p.add_argument("--health-check-interval-secs", type=_positive(float), default=h.interval,
+                   help="seconds between health checks of every server")
+    p.add_argument("--health-check-timeout-secs", type=_positive(float), default=h.timeout)
+    p.add_argument("--health-failure-threshold", type=_positive(int),
+                   default=h.failure_threshold, help="failed checks in a row: out of rotation")
+    p.add_argument("--health-success-threshold", type=_positive(int),
+                   default=h.success_threshold, help="good checks in a row: back in rotation")
+    p.add_argument("--health-check-endpoint", default=h.endpoint)
+    p.add_argument("--disable-health-check", action="store_true")
+    p.add_argument("--cb-failure-threshold", type=_positive(int), default=cb.failure_threshold,
+                   help="failed requests in a row that open a server's circuit breaker")
+    p.add_argument("--cb-success-threshold", type=_positive(int), default=cb.success_threshold,
+                   help="good requests in a row that close a half-open breaker")
+    p.add_argument("--cb-timeout-duration-secs", type=_positive(float), default=cb.timeout,
+                   help="seconds an open breaker waits before it lets a trial request through")
+    p.add_argument("--disable-circuit-breaker", action="store_true")
+    p.add_argument("--retry-max-retries", type=_positive(int), default=r.max_attempts,
+                   help="attempts per request in all (1: no retry); a request is retried on "
+                   "another (prefill, decode) pair only before anything was streamed")
+    p.add_argument("--disable-retries", action="store_true", help="as --retry-max-retries 1")

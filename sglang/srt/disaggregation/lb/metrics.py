@@ -11,7 +11,13 @@ sglang-router's metric names (``sgl_router_*``), so dashboards made for the rout
 - ``sgl_router_pd_errors_total{error_type}``: routed requests that failed;
 - ``sgl_router_running_requests{worker}``: routed requests in flight per server;
 - ``sgl_router_pd_request_duration_seconds{route}``: a routed request from arrival to the end of
-  its response (the whole stream for a streamed one).
+  its response (the whole stream for a streamed one);
+- ``sgl_router_worker_health{worker,role}``: 1 while a server is in rotation by its health
+  checks, else 0; ``sgl_router_worker_cb_state{worker,role}``: its circuit breaker, 0 closed,
+  1 open, 2 half-open (sglang-router's ``worker_health`` and ``worker_cb_state``);
+- ``sgl_router_worker_health_checks_total{worker,result}``: health checks by result;
+- ``sgl_router_retries_total{worker}``: attempts retried on another pair, by the server that
+  failed.
 """
 
 from __future__ import annotations
@@ -21,6 +27,8 @@ import time
 from typing import Any, Optional
 
 from aiohttp import web
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -30,6 +38,9 @@ from prometheus_client import (
     generate_latest,
 )
 
+from sglang.srt.disaggregation.lb.health import CB_STATE_VALUE
+from sglang.srt.disaggregation.lb.legs import LegError
+from sglang.srt.disaggregation.lb.pool import ServerPool
 from sglang.srt.disaggregation.lb.proxy import Job, Proxy
 
 GENERATION_ROUTES = ("/generate", "/v1/completions", "/v1/chat/completions")
@@ -40,9 +51,34 @@ _CURRENT: contextvars.ContextVar[Optional[dict[str, Any]]] = contextvars.Context
     "sgl_lb_request", default=None)
 
 
+class WorkerStates(Collector):
+    """Health and circuit-breaker gauges read from the pool at scrape time."""
+
+    def __init__(self, pool: ServerPool) -> None:
+        self.pool = pool
+
+    def collect(self) -> Any:
+        health = GaugeMetricFamily("sgl_router_worker_health", "Worker in rotation by its "
+                                   "health checks (1) or not (0)", labels=["worker", "role"])
+        cb = GaugeMetricFamily("sgl_router_worker_cb_state", "Worker circuit breaker state "
+                               "(0 closed, 1 open, 2 half_open)", labels=["worker", "role"])
+        checks = CounterMetricFamily("sgl_router_worker_health_checks",
+                                     "Health checks by result", labels=["worker", "result"])
+        for role, states in self.pool.workers.describe().items():
+            for w in states:
+                health.add_metric([w["url"], role], 1.0 if w["healthy"] else 0.0)
+                cb.add_metric([w["url"], role], CB_STATE_VALUE[w["circuit_breaker"]["state"]])
+                for result, n in w["health_checks"].items():
+                    checks.add_metric([w["url"], result], n)
+        return [health, cb, checks]
+
+
 class LBMetrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
+        self.retries = Counter("sgl_router_retries_total", "Attempts retried on another "
+                               "(prefill, decode) pair, by the failed server", ["worker"],
+                               registry=r)  # fmt: skip
         self.requests = Counter("sgl_router_requests_total", "Total requests by route",
                                 ["route"], registry=r)  # fmt: skip
         self.request_errors = Counter("sgl_router_request_errors_total",
@@ -63,7 +99,8 @@ class LBMetrics:
                                   buckets=DURATION_BUCKETS, registry=r)  # fmt: skip
 
     # ---- wiring ---------------------------------------------------------------------------
-    def proxy(self, timeout: float) -> Proxy:
+    def proxy(self, timeout: float, pool: ServerPool) -> Proxy:
+        self.registry.register(WorkerStates(pool))
         return MeteredProxy(timeout, self)
 
     def install(self, app: web.Application) -> None:
@@ -106,9 +143,18 @@ class LBMetrics:
 
     def routed(self, job: Job) -> None:
         rec = _CURRENT.get()
-        if rec is None or "job" in rec:
+        if rec is None:
             return
+        old: Optional[Job] = rec.get("job")
         rec["job"] = job
+        if old is not None:  # a retry: the request now runs on the new pair
+            self.running.labels(old.prefill).dec()
+            self.running.labels(old.decode).dec()
+            self.running.labels(job.prefill).inc()
+            self.running.labels(job.decode).inc()
+            self.pd_prefill.labels(job.prefill).inc()
+            self.pd_decode.labels(job.decode).inc()
+            return
         self.pd_requests.labels("/" + job.endpoint).inc()
         self.pd_prefill.labels(job.prefill).inc()
         self.pd_decode.labels(job.decode).inc()
@@ -132,11 +178,15 @@ class MeteredProxy(Proxy):
         self.metrics.routed(job)
         return await super().forward_stream(request, job)
 
-    def _cleanup(self, job: Job, tasks: dict, ok: bool, streaming: bool = False) -> None:
+    def on_retry(self, job: Job, error: LegError) -> None:
+        self.metrics.retries.labels(error.server or "").inc()
+
+    def _cleanup(self, job: Job, tasks: dict, ok: bool, streaming: bool = False,
+                 error: Optional[LegError] = None) -> None:  # fmt: skip
         rec = _CURRENT.get()
         if rec is not None:
             rec["ok"] = ok
-        super()._cleanup(job, tasks, ok, streaming)
+        super()._cleanup(job, tasks, ok, streaming, error)
 
 
 def create_lb_metrics(args: Any) -> Optional[LBMetrics]:

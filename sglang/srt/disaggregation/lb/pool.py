@@ -7,9 +7,10 @@ import math
 import random
 from collections import Counter
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional, TypeVar
 from urllib.parse import urlparse
 
+from sglang.srt.disaggregation.lb.health import BreakerConfig, HealthConfig, Workers
 from sglang.srt.disaggregation.lb.policy import (
     CACHE_THRESHOLD,
     LoadFn,
@@ -19,6 +20,9 @@ from sglang.srt.disaggregation.lb.policy import (
     power_of_two,
 )
 from sglang.srt.utils.network import bracket_host
+
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -44,11 +48,21 @@ def pair_index(k: int, n_prefill: int, n_decode: int) -> tuple[int, int]:
     return k % n_prefill, (k + k // lcm) % n_decode
 
 
+class NoHealthyServer(LookupError):
+    """Every server of one side is out of rotation (health checks or circuit breaker)."""
+
+
 class ServerPool:
     def __init__(self, prefills: list[Prefill], decodes: list[str],
-                 policy: str = "round_robin", seed: Optional[int] = None) -> None:  # fmt: skip
+                 policy: str = "round_robin", seed: Optional[int] = None,
+                 workers: Optional[Workers] = None) -> None:  # fmt: skip
         self.prefills = list(prefills)
         self.decodes = list(decodes)
+        self.workers = workers or Workers(HealthConfig(enabled=False), BreakerConfig())
+        for p in self.prefills:
+            self.workers.add(p.url, "prefill")
+        for d in self.decodes:
+            self.workers.add(d, "decode")
         self.policy = policy
         self._next = 0
         self.rng = random.Random(seed)
@@ -62,40 +76,55 @@ class ServerPool:
                 "decode; start them with --prefill/--decode or POST /register"
             )
 
-    def select_pair(self) -> tuple[Prefill, str]:
+    def _eligible(self, role: str, items: list[T], url_of: Callable[[T], str],
+                  exclude: frozenset[str]) -> list[T]:  # fmt: skip
+        """Servers in rotation, less ``exclude`` (unless that would leave none)."""
+        live = [x for x in items if self.workers.available(url_of(x))]
+        if not live:
+            raise NoHealthyServer(
+                f"no healthy {role} server: all {len(items)} are out of rotation (failed health "
+                f"checks or open circuit breaker): " + ", ".join(url_of(x) for x in items))
+        return [x for x in live if url_of(x) not in exclude] or live
+
+    def select_pair(self, prefills: Optional[list[Prefill]] = None,
+                    decodes: Optional[list[str]] = None) -> tuple[Prefill, str]:  # fmt: skip
         """The next pair of the round-robin over every (prefill, decode) pair."""
         self._check()
-        p, d = pair_index(self._next, len(self.prefills), len(self.decodes))
+        prefills, decodes = prefills or self.prefills, decodes or self.decodes
+        p, d = pair_index(self._next, len(prefills), len(decodes))
         self._next += 1
-        return self.prefills[p], self.decodes[d]
+        return prefills[p], decodes[d]
 
-    async def choose(self, text: str, fetch_load: LoadFn) -> tuple[Prefill, str]:
-        """A (prefill, decode) pair for a request whose prompt reads ``text``, by the policy."""
+    async def choose(self, text: str, fetch_load: LoadFn,
+                     exclude: frozenset[str] = frozenset()) -> tuple[Prefill, str]:  # fmt: skip
+        """A (prefill, decode) pair for a request whose prompt reads ``text``, by the policy,
+        among the servers in rotation; ``exclude``: servers to avoid when others are left."""
         self._check()
+        ps = self._eligible("prefill", self.prefills, lambda x: x.url, exclude)
+        ds = self._eligible("decode", self.decodes, str, exclude)
         if self.policy == "round_robin":
-            return self.select_pair()
+            return self.select_pair(ps, ds)
         if self.policy == "random":
-            return self.rng.choice(self.prefills), self.rng.choice(self.decodes)
+            return self.rng.choice(ps), self.rng.choice(ds)
         if self.policy == "power_of_two":
-            p = await power_of_two(self.prefills, lambda x: x.url, self.inflight.__getitem__,
+            p = await power_of_two(ps, lambda x: x.url, self.inflight.__getitem__,
                                    fetch_load, self.rng)  # fmt: skip
-            d = await power_of_two(self.decodes, str, self.inflight.__getitem__, fetch_load,
-                                   self.rng)  # fmt: skip
+            d = await power_of_two(ds, str, self.inflight.__getitem__, fetch_load, self.rng)
             return p, d
         if self.policy == "cache_aware":
-            return self._cache_aware(text)
+            return self._cache_aware(text, ps, ds)
         raise ValueError(f"unknown policy {self.policy!r}")
 
-    def _cache_aware(self, text: str) -> tuple[Prefill, str]:
+    def _cache_aware(self, text: str, ps: list[Prefill], ds: list[str]) -> tuple[Prefill, str]:
         load = self.inflight.__getitem__
-        loads = [load(p.url) for p in self.prefills]
-        owner, share = self.affinity.match(text, [p.url for p in self.prefills])
+        loads = [load(p.url) for p in ps]
+        owner, share = self.affinity.match(text, [p.url for p in ps])
         if owner is not None and share >= CACHE_THRESHOLD and not imbalanced(loads):
-            prefill = next(p for p in self.prefills if p.url == owner)
+            prefill = next(p for p in ps if p.url == owner)
         else:
-            prefill = least_busy(self.prefills, lambda p: load(p.url), self.rng)
+            prefill = least_busy(ps, lambda p: load(p.url), self.rng)
         self.affinity.record(text, prefill.url)
-        return prefill, least_busy(self.decodes, load, self.rng)
+        return prefill, least_busy(ds, load, self.rng)
 
     def begin(self, *urls: str) -> None:
         self.inflight.update(urls)
@@ -115,6 +144,7 @@ class ServerPool:
             self.decodes.append(url)
         else:
             raise ValueError(f"mode must be 'prefill' or 'decode', got {mode!r}")
+        self.workers.add(url, mode)
         return True
 
     def all_urls(self) -> list[str]:

@@ -1,8 +1,11 @@
 """Send one request to a prefill and a decode at once and answer with the decode's response.
 
-Unlike SGLang's mini_lb, a failed leg ends the request at once: an unreachable server or a
-prefill error answers the client with that error, and the other leg is cancelled and aborted
-(``POST /abort_request`` by rid), so neither the client nor the decode waits for a timeout.
+Unlike SGLang's mini_lb, a failed leg ends the attempt at once: the other leg is cancelled and
+aborted (``POST /abort_request`` by rid), so neither the client nor a server waits for a
+timeout. A server's failure (unreachable, timed out, 5xx) before anything reached the client
+raises :class:`Retry` when the job may be retried (``route.py`` picks another pair); otherwise
+the client gets the error (502, 503, 504 or the server's status) naming the server. Once a stream
+has started, a failure of either leg ends it with an SSE error event and aborts the other leg.
 """
 
 from __future__ import annotations
@@ -10,14 +13,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from dataclasses import dataclass
 from typing import Any, Optional
 
 import aiohttp
 from aiohttp import web
 
 from sglang.srt.disaggregation.lb.bodies import (
-    error_body,
     error_message,
     iter_json_events,
     merge_input_logprobs,
@@ -25,110 +26,33 @@ from sglang.srt.disaggregation.lb.bodies import (
     split_events,
     stream_failure,
 )
+from sglang.srt.disaggregation.lb.legs import (
+    ClientGone,
+    Job,
+    LegError,
+    Legs,
+    Reply,
+    Retry,
+    error_response,
+    send,
+    sse_error,
+)
 
+__all__ = ["ClientGone", "Job", "LegError", "Proxy", "Reply", "Retry", "error_response"]
 logger = logging.getLogger("sglang.mini_lb")
 CHUNK = 64 * 1024
+PREFILL_GRACE = 0.5  # seconds a failed decode waits to learn whether the prefill failed too
 
 
-class ClientGone(Exception):
-    """The client closed its connection while we were writing to it."""
-
-
-async def send(out: web.StreamResponse, data: bytes) -> None:
-    try:
-        await out.write(data)
-    except ConnectionResetError as e:  # aiohttp's ClientConnectionResetError included
-        raise ClientGone(str(e)) from None
-
-
-class LegError(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status, self.message = status, message
-
-
-@dataclass
-class Reply:
-    status: int
-    body: bytes
-    content_type: str
-
-
-@dataclass
-class Job:
-    """One request on its way: where it goes and what it carries."""
-
-    prefill: str
-    decode: str
-    endpoint: str
-    body: dict[str, Any]
-    rids: list[str]
-    merge_logprobs: bool
-
-
-def error_response(message: str, status: int) -> web.Response:
-    return web.json_response(error_body(message, status), status=status)
-
-
-def sse_error(message: str, status: int) -> bytes:
-    return f"data: {json.dumps(error_body(message, status))}\n\ndata: [DONE]\n\n".encode()
-
-
-class Proxy:
-    def __init__(self, timeout: float) -> None:
-        self.timeout = timeout
-        self.connect_timeout = min(timeout, 30.0)
-        self.session: Optional[aiohttp.ClientSession] = None
-        self._background: set[asyncio.Task[Any]] = set()
-
-    async def start(self) -> None:
-        self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
-
-    async def close(self) -> None:
-        for t in list(self._background):
-            t.cancel()
-        if self.session is not None:
-            await self.session.close()
-
-    def _keep(self, task: asyncio.Task[Any]) -> None:
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
-    # ---- plain calls ----------------------------------------------------------------------
-    def _timeout(self, stream: bool) -> aiohttp.ClientTimeout:
-        if stream:
-            return aiohttp.ClientTimeout(sock_connect=self.connect_timeout, sock_read=self.timeout)
-        return aiohttp.ClientTimeout(total=self.timeout, sock_connect=self.connect_timeout)
-
-    async def call(self, method: str, url: str, role: str, body: Any = None) -> Reply:
-        """One HTTP call; connection failures and timeouts become LegError naming the server."""
-        assert self.session is not None
-        try:
-            async with self.session.request(
-                method, url, json=body, timeout=self._timeout(False)
-            ) as resp:
-                return Reply(resp.status, await resp.read(), resp.content_type)
-        except asyncio.TimeoutError:
-            raise LegError(504, f"{role} {url} timed out after {self.timeout:g}s") from None
-        except aiohttp.ClientError as e:
-            raise LegError(502, f"{role} {url} is unreachable: {e}") from None
-
-    async def abort(self, server: str, rids: list[str]) -> None:
-        for rid in rids:
-            try:
-                await self.call("POST", f"{server}/abort_request", "abort", {"rid": rid})
-            except LegError as e:
-                logger.debug("abort of %s on %s failed: %s", rid, server, e.message)
-
-    def abort_later(self, server: str, rids: list[str]) -> None:
-        self._keep(asyncio.create_task(self.abort(server, rids)))
-
+class Proxy(Legs):
     # ---- the two legs ---------------------------------------------------------------------
     async def _prefill_leg(self, job: Job) -> Reply:
-        reply = await self.call("POST", f"{job.prefill}/{job.endpoint}", "prefill", job.body)
+        reply = await self.call("POST", f"{job.prefill}/{job.endpoint}", "prefill", job.body,
+                                job, job.prefill)  # fmt: skip
         if reply.status >= 400:
             msg = error_message(reply.body)
-            raise LegError(reply.status, f"prefill {job.prefill} returned {reply.status}: {msg}")
+            raise LegError(reply.status, f"prefill {job.prefill} returned {reply.status}: {msg}",
+                           job.prefill)  # fmt: skip
         try:
             out = json.loads(reply.body)
         except ValueError:
@@ -136,8 +60,18 @@ class Proxy:
         for item in out if isinstance(out, list) else [out]:
             failure = stream_failure(item) if isinstance(item, dict) else None
             if failure is not None:
-                raise LegError(failure[0], f"prefill {job.prefill} failed: {failure[1]}")
+                raise LegError(failure[0], f"prefill {job.prefill} failed: {failure[1]}",
+                               job.prefill)  # fmt: skip
         return reply
+
+    async def _decode_leg(self, job: Job) -> Reply:
+        reply = await self.call("POST", f"{job.decode}/{job.endpoint}", "decode", job.body,
+                                job, job.decode)  # fmt: skip
+        if reply.status >= 500:
+            msg = error_message(reply.body)
+            raise LegError(reply.status, f"decode {job.decode} returned {reply.status}: {msg}",
+                           job.decode)  # fmt: skip
+        return reply  # a 4xx (bad request, 499 abort) goes to the client as the decode said
 
     async def _prefill_stream_leg(self, job: Job) -> dict[int, dict[str, Any]]:
         """Read the prefill's SSE to the end; the first chunk of each index, for merging."""
@@ -146,67 +80,60 @@ class Proxy:
         firsts: dict[int, dict[str, Any]] = {}
         try:
             async with self.session.post(
-                f"{job.prefill}/{job.endpoint}", json=job.body, timeout=self._timeout(True)
+                f"{job.prefill}/{job.endpoint}", json=job.body, timeout=self._timeout(True, job)
             ) as resp:
                 if resp.status >= 400:
                     msg = error_message(await resp.read())
-                    raise LegError(resp.status, f"{who} returned {resp.status}: {msg}")
+                    raise LegError(resp.status, f"{who} returned {resp.status}: {msg}",
+                                   job.prefill)  # fmt: skip
                 buf = b""
                 async for chunk in resp.content.iter_chunked(CHUNK):
                     events, buf = split_events(buf + chunk)
                     for obj in iter_json_events(events):
                         failure = stream_failure(obj)
                         if failure is not None:
-                            raise LegError(failure[0], f"{who} failed: {failure[1]}")
+                            raise LegError(failure[0], f"{who} failed: {failure[1]}", job.prefill)
                         firsts.setdefault(int(obj.get("index", 0) or 0), obj)
         except asyncio.TimeoutError:
-            raise LegError(504, f"{who} timed out after {self.timeout:g}s") from None
+            raise LegError(504, f"{who} timed out after {self._limit(job):g}s",
+                           job.prefill) from None  # fmt: skip
         except aiohttp.ClientError as e:
-            raise LegError(502, f"{who} is unreachable: {e}") from None
+            raise LegError(502, f"{who} is unreachable: {e}", job.prefill) from None
         return firsts
 
     async def _open_decode(self, job: Job) -> aiohttp.ClientResponse:
         assert self.session is not None
-        url = f"{job.decode}/{job.endpoint}"
+        url, who = f"{job.decode}/{job.endpoint}", f"decode {job.decode}"
         try:
-            return await self.session.post(url, json=job.body, timeout=self._timeout(True))
+            resp = await self.session.post(url, json=job.body, timeout=self._timeout(True, job))
         except asyncio.TimeoutError:
-            raise LegError(504, f"decode {job.decode} timed out after {self.timeout:g}s") from None
+            raise LegError(504, f"{who} timed out after {self._limit(job):g}s",
+                           job.decode) from None  # fmt: skip
         except aiohttp.ClientError as e:
-            raise LegError(502, f"decode {job.decode} is unreachable: {e}") from None
-
-    def _cleanup(
-        self, job: Job, tasks: dict[str, asyncio.Task[Any]], ok: bool, streaming: bool = False
-    ) -> None:
-        """Cancel unfinished legs; after a failure, abort the legs that did not succeed.
-
-        ``streaming``: the decode's response is still being read, so its leg is unfinished
-        although its task (which opened the response) is done."""
-        for role, task in tasks.items():
-            finished_ok = task.done() and not task.cancelled() and task.exception() is None
-            if role == "decode" and streaming:
-                finished_ok = False
-            if not finished_ok and not ok:
-                task.cancel()
-                self.abort_later(job.prefill if role == "prefill" else job.decode, job.rids)
-            elif not task.done():
-                self._keep(task)  # e.g. the prefill answer after the decode's: let it drain
+            raise LegError(502, f"{who} is unreachable: {e}", job.decode) from None
+        if resp.status >= 500:
+            try:
+                msg = error_message(await resp.read())
+            except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+                msg = str(e)
+            finally:
+                resp.close()
+            raise LegError(resp.status, f"{who} returned {resp.status}: {msg}", job.decode)
+        return resp
 
     # ---- non-stream -----------------------------------------------------------------------
     async def forward(self, job: Job) -> web.Response:
         tasks = {
             "prefill": asyncio.create_task(self._prefill_leg(job)),
-            "decode": asyncio.create_task(
-                self.call("POST", f"{job.decode}/{job.endpoint}", "decode", job.body)
-            ),
+            "decode": asyncio.create_task(self._decode_leg(job)),
         }
-        ok = False
+        ok, error = False, None
         try:
             done, _ = await asyncio.wait(tasks.values(), return_when=asyncio.FIRST_COMPLETED)
             if tasks["prefill"] in done:
                 prefill = tasks["prefill"].result()  # raises LegError first if it failed
             decode: Reply = await tasks["decode"]
-            if decode.status >= 400:  # the decode's own error answer goes to the client as is
+            if decode.status >= 400:  # the decode's own 4xx answer goes to the client as is
                 return web.Response(body=decode.body, status=decode.status,
                                     content_type=decode.content_type)  # fmt: skip
             ok = True
@@ -217,10 +144,28 @@ class Proxy:
             merged = merge_input_logprobs(json.loads(decode.body), json.loads(prefill.body))
             return web.json_response(merged, status=decode.status)
         except LegError as e:
+            error = e = await self._root_cause(e, job, tasks["prefill"])
+            if job.may_retry and e.peer_failure:
+                raise Retry(e) from None
             logger.warning("request %s failed: %s", job.rids, e.message)
             return error_response(e.message, e.status)
         finally:
-            self._cleanup(job, tasks, ok)
+            self._cleanup(job, tasks, ok, error=error)
+
+    @staticmethod
+    async def _root_cause(e: LegError, job: Job, prefill: asyncio.Task[Any]) -> LegError:
+        """A decode that answered 500 (e.g. its KV transfer failed) while the prefill is still
+        at work: give the prefill a moment; if it fails too, its error is the cause (and the
+        prefill is the server the circuit breaker blames)."""
+        if e.server != job.decode or e.status != 500:
+            return e
+        if not prefill.done():
+            await asyncio.wait([prefill], timeout=PREFILL_GRACE)
+        if prefill.done() and not prefill.cancelled():
+            cause = prefill.exception()
+            if isinstance(cause, LegError) and cause.peer_failure:
+                return cause
+        return e
 
     # ---- stream ---------------------------------------------------------------------------
     async def forward_stream(self, request: web.Request, job: Job) -> web.StreamResponse:
@@ -229,6 +174,7 @@ class Proxy:
             "decode": asyncio.create_task(self._open_decode(job)),
         }
         ok = streaming = False
+        error: Optional[LegError] = None
         decode: Optional[aiohttp.ClientResponse] = None
         out: Optional[web.StreamResponse] = None
         try:
@@ -248,12 +194,16 @@ class Proxy:
             out.content_type = decode.content_type or "text/event-stream"
             streaming = True
             await out.prepare(request)
-            broken = await self._pipe(decode, out, firsts, job.merge_logprobs)
+            broken, told = await self._pipe(decode, out, firsts, job.merge_logprobs)
             prefill = tasks["prefill"]
             if prefill.done() and not prefill.cancelled() and prefill.exception() is not None:
                 raise prefill.exception()  # type: ignore[misc]
+            if told is not None:  # the decode reported a failure itself: the client saw it
+                error = LegError(told[0], f"decode {job.decode} failed: {told[1]}", job.decode)
+                logger.warning("stream %s failed: %s", job.rids, error.message)
+                return out
             if broken is not None:
-                raise LegError(502, f"decode {job.decode} stream broke: {broken}")
+                raise LegError(502, f"decode {job.decode} stream broke: {broken}", job.decode)
             ok, streaming = True, False
             try:
                 await out.write_eof()
@@ -261,6 +211,11 @@ class Proxy:
                 pass
             return out
         except LegError as e:
+            if out is None:
+                e = await self._root_cause(e, job, tasks["prefill"])
+            error = e
+            if out is None and job.may_retry and e.peer_failure:
+                raise Retry(e) from None
             logger.warning("stream %s failed: %s", job.rids, e.message)
             if out is None:
                 return error_response(e.message, e.status)
@@ -275,7 +230,7 @@ class Proxy:
         finally:
             if decode is not None:
                 decode.close()
-            self._cleanup(job, tasks, ok, streaming)
+            self._cleanup(job, tasks, ok, streaming, error)
 
     @staticmethod
     async def _pipe(
@@ -283,22 +238,24 @@ class Proxy:
         out: web.StreamResponse,
         firsts: dict[int, dict[str, Any]],
         merge: bool,
-    ) -> Optional[str]:
-        """Copy the decode's SSE to the client; None when it ended cleanly, else the reason."""
-        buf = b""
+    ) -> tuple[Optional[str], Optional[tuple[int, str]]]:
+        """Copy the decode's SSE to the client. Returns (why the stream broke, or None when it
+        ended cleanly; the failure an event of the decode reported, or None)."""
+        buf, told = b"", None
         try:
             async for chunk in decode.content.iter_chunked(CHUNK):
+                events, buf = split_events(buf + chunk)
+                if told is None:
+                    told = next(filter(None, map(stream_failure, iter_json_events(events))),
+                                None)  # fmt: skip
                 if not merge:
                     await send(out, chunk)
-                    continue
-                events, buf = split_events(buf + chunk)
-                if events:
-                    merged = b"".join(merge_sse_event(e, firsts) + b"\n\n" for e in events)
-                    await send(out, merged)
-            if buf:
+                elif events:
+                    await send(out, b"".join(merge_sse_event(e, firsts) + b"\n\n" for e in events))
+            if buf and merge:
                 await send(out, buf)
         except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as e:
-            return str(e) or type(e).__name__
+            return str(e) or type(e).__name__, told
         except asyncio.TimeoutError:
-            return "read timed out"
-        return None
+            return "read timed out", told
+        return None, told
