@@ -32,7 +32,7 @@ async def _one(session: aiohttp.ClientSession, url: str, i: int) -> tuple[int, s
     prompt, stream = PROMPTS[i % len(PROMPTS)], i % 3 == 0
     body = {"text": prompt, "sampling_params": SAMPLING, "stream": stream}
     async with session.post(url + "/generate", json=body) as r:
-        if not stream:
+        if not stream or r.status != 200:  # a refusal before streaming is a JSON error
             data = await r.json(content_type=None)
             if r.status != 200:
                 return r.status, prompt, json.dumps(data)[:300]

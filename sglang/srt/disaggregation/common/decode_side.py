@@ -219,7 +219,8 @@ class DecodeSide:
         logger.warning("Request %d failed: %s", room, reason)
         st = self.rooms.get(room)
         if tell_prefill and st is not None and st.prefill_endpoint:
-            self.mgr.control.send(st.prefill_endpoint, AbortMsg(self.mgr.endpoint, room))
+            self.mgr.control.send(st.prefill_endpoint,
+                                  AbortMsg(self.mgr.endpoint, room, reason[:500]))
 
     # ---- control-plane handlers (control / heartbeat threads) ----------------------------
     def on_status(self, msg: StatusMsg) -> None:

@@ -56,6 +56,7 @@ class MetadataMsg:
 class AbortMsg:
     peer: str
     room: int
+    reason: str = ""  # why the decode gave up ("" or ABORTED: a client's abort)
 
     T = "abort"
 

@@ -137,7 +137,10 @@ class PrefillSide:
         self._purge_stale()
 
     def on_abort(self, msg: AbortMsg) -> None:
-        reason = f"{ABORTED} (by the decode instance {msg.peer})"
+        if msg.reason in ("", ABORTED):  # a client's abort on the decode: 499 on both sides
+            reason = f"{ABORTED} (by the decode instance {msg.peer})"
+        else:  # the decode failed the request: a failure here too, not an abort
+            reason = f"the decode instance {msg.peer} failed the request: {msg.reason}"
         info = self.infos.get(msg.room)
         if msg.peer not in self.peers or (info is not None and info.peer != msg.peer):
             # a stranger's abort, or one for another decode's room: neither may touch it
