@@ -33,7 +33,7 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from sglang.test.fault_matrix import leaked_pages  # noqa: E402
+from sglang.test.pd_calls import leaked_pages  # noqa: E402
 from sglang.test.server_utils import launch_pd_cluster  # noqa: E402
 
 ARGS = ["--page-size", "4", "--max-total-tokens", "8192", "--chunked-prefill-size", "128",
