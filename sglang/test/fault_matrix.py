@@ -21,7 +21,7 @@ from typing import Callable, Optional
 
 import requests
 
-from sglang.test.pd_calls import Call, Outcome, pd_state, wait_for
+from sglang.test.pd_calls import Call, Outcome, leaked_pages, pd_state, wait_for
 from sglang.test.server_utils import Proc, free_port, start
 
 # Short heartbeats and timeouts, so every fault ends within seconds (SGLang's names).
