@@ -20,6 +20,7 @@ from sglang.srt.managers.io_struct import (
     GenerateReqInput,
     TokenizedGenerateReqInput,
 )
+from sglang.srt.entrypoints.json_body import parse_json_body
 from sglang.srt.entrypoints.server_state import GateMiddleware, LateTM, ServerState
 from sglang.srt.managers.tokenizer_manager import TokenizerManager
 
@@ -43,11 +44,7 @@ def error_response(message: str, status: int = 400) -> JSONResponse:
 
 
 async def read_json(request: Request) -> Any:
-    body = await request.body()
-    try:
-        return json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise BadRequestError(f"malformed JSON body: {e}") from None
+    return parse_json_body(await request.body())
 
 
 def _abort_status(out: dict[str, Any]) -> int | None:

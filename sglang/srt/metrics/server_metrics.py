@@ -92,8 +92,10 @@ def register_metrics_route(app: Any, state: Any) -> None:
         return
     from fastapi.responses import Response
 
-    @app.get("/metrics")
-    async def metrics() -> Response:
+    # Prometheus text, not an API: out of /openapi.json (whose schema build would also choke on
+    # this function's string annotation under ``from __future__ import annotations``)
+    @app.get("/metrics", include_in_schema=False, response_class=Response)
+    async def metrics():
         tm = state.tm
         m = getattr(tm, "metrics", None)
         if m is None:

@@ -6,7 +6,6 @@ instead of being coerced. Unknown fields are ignored, as OpenAI clients send ext
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from typing import Any, Literal, Optional, Union
@@ -15,6 +14,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from sglang.srt.base_types import is_abort
+from sglang.srt.entrypoints.json_body import parse_json_body
 from sglang.srt.managers.io_struct import BadRequestError
 
 _STATUS_TYPES = {
@@ -173,10 +173,7 @@ def format_validation_error(err: ValidationError) -> str:
 
 def parse_request(raw: bytes, model_cls: type[_Strict]) -> Any:
     """JSON bytes -> validated request; raises BadRequestError with a readable message."""
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise BadRequestError(f"invalid JSON body: {e}") from None
+    body = parse_json_body(raw, "invalid JSON body")
     if not isinstance(body, dict):
         raise BadRequestError("request body must be a JSON object")
     try:
