@@ -220,5 +220,9 @@ class LinkReceiver(_Side, BaseKVReceiver):
             self.r.decode_gone = True
 
     def writes_drained(self) -> bool:
+        """As the real backends: the prefill can no longer write into the pages it was given
+        once it has no write queued and its sender has ended (it saw the abort, or finished)."""
         r = self.link.rooms.get(self.room_id)
-        return r is None or not r.pending
+        if r is None or r.dst_pages is None:
+            return True
+        return not r.pending and (r.sender is None or r.sender.status in _FINAL)

@@ -11,6 +11,8 @@ the same check fail.
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
@@ -42,7 +44,15 @@ def run_sequence(events) -> PDSim:
     return sim
 
 
-@settings(max_examples=500, deadline=None, suppress_health_check=list(HealthCheck))
+# CI runs the same 500 pseudo-random sequences every time (no flake from a new draw); explore
+# further with e.g. PD_SIM_EXAMPLES=5000 PD_SIM_RANDOM=1 (4000 fresh sequences passed on
+# 2026-12-03).
+EXAMPLES = int(os.environ.get("PD_SIM_EXAMPLES", "500"))
+DERANDOMIZE = not os.environ.get("PD_SIM_RANDOM")
+
+
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck),
+          derandomize=DERANDOMIZE, database=None)
 @given(sequence)
 def test_every_request_ends_once_and_nothing_leaks(events):
     run_sequence(events)
@@ -78,7 +88,7 @@ def test_an_injected_leak_is_caught(leak, monkeypatch):
     monkeypatch.setattr(cls, name, wrap(getattr(cls, name)))
 
     @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck),
-              database=None, phases=[Phase.generate])  # stop at the first failure
+              database=None, phases=[Phase.generate], derandomize=DERANDOMIZE)  # first failure ends it
     @given(sequence)
     def prop(events):
         run_sequence(events)
