@@ -1,4 +1,5 @@
-"""Start the scheduler process and build the TokenizerManager that talks to it."""
+"""Start the scheduler process (one per TP rank) and build the TokenizerManager that talks to
+rank 0. The ranks join one ``torch.distributed`` group at a free loopback port."""
 
 from __future__ import annotations
 
@@ -13,21 +14,28 @@ from sglang.srt.managers.io_struct import SchedulerReady
 from sglang.srt.entrypoints.scheduler_process import run_scheduler_process
 from sglang.srt.managers.tokenizer_manager import TokenizerManager
 from sglang.srt.server_args import ServerArgs
+from sglang.srt.utils.network import LOOPBACK, free_port, host_port
 
 logger = logging.getLogger(__name__)
 
 
 class SchedulerHandle:
-    def __init__(self, proc: mp.Process):
-        self.proc = proc
+    """The scheduler processes; ``proc`` is TP rank 0's (the one the HTTP process watches: it
+    exits when another rank dies)."""
+
+    def __init__(self, procs: list[mp.Process]):
+        self.procs = procs
+        self.proc = procs[0]
 
     def shutdown(self) -> None:
-        if self.proc.is_alive():
-            self.proc.terminate()
-            self.proc.join(10)
-            if self.proc.is_alive():
-                self.proc.kill()
-                self.proc.join(5)
+        for proc in self.procs:
+            if proc.is_alive():
+                proc.terminate()
+        for proc in self.procs:
+            proc.join(10)
+            if proc.is_alive():
+                proc.kill()
+                proc.join(5)
 
 
 def resolve_model_path(args: ServerArgs) -> None:
@@ -61,22 +69,43 @@ def launch_engine(args: ServerArgs) -> tuple[TokenizerManager, SchedulerHandle]:
     if "GOMP_SPINCOUNT" not in os.environ:
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     ctx = mp.get_context("spawn")
-    reader, writer = ctx.Pipe(duplex=False)
-    proc = ctx.Process(
-        target=run_scheduler_process, args=(args, to_sched, to_tm, writer), daemon=True
-    )
-    proc.start()
-    handle = SchedulerHandle(proc)
+    dist_init = f"tcp://{host_port(LOOPBACK, free_port())}" if args.tp_size > 1 else None
+    procs, readers = [], []
+    for rank in range(args.tp_size):
+        reader, writer = ctx.Pipe(duplex=False)
+        addrs = (to_sched, to_tm) if rank == 0 else (None, None)
+        procs.append(ctx.Process(target=run_scheduler_process, daemon=True,
+                                 args=(args, *addrs, writer, rank, dist_init)))
+        readers.append(reader)
+    for proc in procs:
+        proc.start()
+    handle = SchedulerHandle(procs)
     atexit.register(handle.shutdown)
-    while not reader.poll(1.0):
-        if not proc.is_alive():
-            raise RuntimeError(f"scheduler process exited during start-up (code {proc.exitcode})")
-    ready = reader.recv()
-    if not isinstance(ready, SchedulerReady):
-        handle.shutdown()
-        raise RuntimeError(f"scheduler failed to start: {ready.get('error')}")
-    tm = TokenizerManager(args, ready.info, recv_addr=to_tm, send_addr=to_sched)
+    infos = _wait_ready(procs, readers, handle)
+    tm = TokenizerManager(args, infos[0], recv_addr=to_tm, send_addr=to_sched)
     return tm, handle
+
+
+def _wait_ready(procs: list, readers: list, handle: SchedulerHandle) -> list[dict]:
+    """Every rank's ready info; the first start-up error (or exit) of any rank stops all."""
+    infos: dict[int, dict] = {}
+    name = (lambda r: f"scheduler (TP rank {r})") if len(procs) > 1 else (lambda r: "scheduler")
+    while len(infos) < len(procs):
+        for rank, reader in enumerate(readers):
+            if rank in infos or not reader.poll(0.2):
+                continue
+            ready = reader.recv()
+            if not isinstance(ready, SchedulerReady):
+                handle.shutdown()
+                raise RuntimeError(f"{name(rank)} failed to start: {ready.get('error')}")
+            infos[rank] = ready.info
+        for rank, proc in enumerate(procs):
+            if rank not in infos and not proc.is_alive() and not readers[rank].poll(0):
+                handle.shutdown()
+                raise RuntimeError(
+                    f"{name(rank)} process exited during start-up (code {proc.exitcode})"
+                )
+    return [infos[r] for r in range(len(procs))]
 
 
 def install_signal_handlers(handle: SchedulerHandle) -> None:
