@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import os
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -45,7 +46,8 @@ def init_tp_group(rank: int, size: int, init_method: str, device: str = "cpu",
     world = dist.group.WORLD
     cpu_group = world if backend == "gloo" else dist.new_group(backend="gloo")
     _TP = _TPGroup(rank, size, world, cpu_group)
-    logger.info("TP rank %d of %d joined (%s, %s)", rank, size, backend, init_method)
+    logger.info("TP rank %d of %d joined (%s, %s), pid %d", rank, size, backend, init_method,
+                os.getpid())
 
 
 def destroy_tp_group() -> None:

@@ -58,5 +58,11 @@ def run_scheduler_process(
     ready_pipe.send(SchedulerReady(sched.ready_info()))
     try:
         sched.run(recv, send)
+    except RuntimeError as e:
+        if args.tp_size == 1:
+            raise
+        logger.error("TP rank %d exits: a collective with the other ranks failed (a rank died "
+                     "or hung?): %s", tp_rank, str(e)[:300])
+        raise SystemExit(1) from None
     finally:
         sched.disagg.shutdown()
