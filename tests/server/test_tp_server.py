@@ -1,7 +1,9 @@
 """``launch_server --tp-size 2`` (two scheduler processes, gloo) against the session's tp=1
 reference server: same greedy answers for concurrent requests that chunk (prompts longer than
 the 32-token chunk) and hit the prefix cache, tp_size in /get_server_info, the KV pool whole
-afterwards; then a rank killed makes the server answer 503 instead of hanging."""
+afterwards; then a rank killed makes the server answer 503 instead of hanging. Two simulated
+nodes (``--nnodes 2``, each on its own loopback address) serve the same answers, and node 1
+exits once node 0 is gone."""
 
 from __future__ import annotations
 
@@ -15,7 +17,8 @@ import pytest
 import requests
 from pool_checks import assert_pool_whole
 
-from sglang.test.server_utils import launch_server
+from sglang.srt.utils.network import free_port
+from sglang.test.server_utils import launch_server, start
 
 # The reference server's arguments (tests/conftest.py REFERENCE_ARGS).
 ARGS = ["--chunked-prefill-size", "32", "--page-size", "4", "--max-total-tokens", "4096",
@@ -80,3 +83,30 @@ def test_killed_rank_makes_the_server_answer_503(tp2):
     assert tp2.alive()  # the HTTP process keeps answering
     with pytest.raises(ProcessLookupError):
         os.kill(int(pids["0"]), 0)  # rank 0 exited too
+
+
+def test_two_nodes_answer_as_one(tiny_model, log_dir, unified):
+    dist = f"127.0.0.2:{free_port('127.0.0.2')}"
+    nodes = []
+    for rank, host in enumerate(("127.0.0.2", "127.0.0.3")):
+        port = free_port(host)
+        argv = ["-m", "sglang.launch_server", "--model-path", tiny_model, *ARGS, "--tp-size", "2",
+                "--nnodes", "2", "--node-rank", str(rank), "--dist-init-addr", dist,
+                "--host", host, "--port", str(port)]
+        nodes.append((f"node{rank}", argv, f"http://{host}:{port}", f"{log_dir}/nodes"))
+    with ThreadPoolExecutor(2) as ex:  # each waits for the other's ranks
+        futs = [ex.submit(start, *n) for n in nodes]
+        node0, node1 = [f.result() for f in futs]
+    try:
+        assert _answers(node0.url) == _answers(unified)
+        info = requests.get(node0.url + "/get_server_info", timeout=10).json()
+        assert (info["tp_size"], info["nnodes"], info["dist_init_addr"]) == (2, 2, dist)
+        assert requests.post(node1.url + "/generate", json={"text": "hi"}).status_code == 404
+        node0.stop()
+        deadline = time.time() + 30  # node 1's rank fails its next collective: ~1 s
+        while node1.alive() and time.time() < deadline:
+            time.sleep(0.5)
+        assert not node1.alive(), node1.log_tail(20)
+    finally:
+        node0.stop()
+        node1.stop()

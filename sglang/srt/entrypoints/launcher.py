@@ -1,5 +1,6 @@
-"""Start the scheduler process (one per TP rank) and build the TokenizerManager that talks to
-rank 0. The ranks join one ``torch.distributed`` group at a free loopback port."""
+"""Start the scheduler processes (one per TP rank of this node) and build the TokenizerManager
+that talks to rank 0. The ranks join one ``torch.distributed`` group at ``--dist-init-addr`` (a
+free loopback port when one node)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import multiprocessing as mp
 import os
 import signal
 import tempfile
+from typing import Optional
 
 from sglang.srt.managers.io_struct import SchedulerReady
 from sglang.srt.entrypoints.scheduler_process import run_scheduler_process
@@ -62,6 +64,15 @@ def launch_engine(args: ServerArgs) -> tuple[TokenizerManager, SchedulerHandle]:
     ipc_dir = tempfile.mkdtemp(prefix="sglang-ipc-")
     to_sched = f"ipc://{ipc_dir}/to_scheduler"
     to_tm = f"ipc://{ipc_dir}/to_tokenizer"
+    handle, infos = start_schedulers(args, to_sched, to_tm)
+    tm = TokenizerManager(args, infos[0], recv_addr=to_tm, send_addr=to_sched)
+    return tm, handle
+
+
+def start_schedulers(args: ServerArgs, to_sched: Optional[str] = None,
+                     to_tm: Optional[str] = None) -> tuple[SchedulerHandle, list[dict]]:
+    """This node's ranks (``tp_size / nnodes`` from ``node_rank * that``), ready; global rank 0
+    gets the ZMQ addresses."""
     # OpenMP threads that spin while waiting collapse (20x slower measured here) as soon as
     # another busy process shares the cores, as prefill and decode servers on one host do. The
     # price is a thread wake-up per parallel op (decode up to ~1.5x slower on an idle 2-core VM):
@@ -69,9 +80,15 @@ def launch_engine(args: ServerArgs) -> tuple[TokenizerManager, SchedulerHandle]:
     if "GOMP_SPINCOUNT" not in os.environ:
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     ctx = mp.get_context("spawn")
-    dist_init = f"tcp://{host_port(LOOPBACK, free_port())}" if args.tp_size > 1 else None
+    dist_init = None
+    if args.dist_init_addr:
+        dist_init = f"tcp://{args.dist_init_addr}"
+    elif args.tp_size > 1:
+        dist_init = f"tcp://{host_port(LOOPBACK, free_port())}"
+    per_node = args.tp_size // args.nnodes
+    first = args.node_rank * per_node
     procs, readers = [], []
-    for rank in range(args.tp_size):
+    for rank in range(first, first + per_node):
         reader, writer = ctx.Pipe(duplex=False)
         addrs = (to_sched, to_tm) if rank == 0 else (None, None)
         procs.append(ctx.Process(target=run_scheduler_process, daemon=True,
@@ -81,15 +98,15 @@ def launch_engine(args: ServerArgs) -> tuple[TokenizerManager, SchedulerHandle]:
         proc.start()
     handle = SchedulerHandle(procs)
     atexit.register(handle.shutdown)
-    infos = _wait_ready(procs, readers, handle)
-    tm = TokenizerManager(args, infos[0], recv_addr=to_tm, send_addr=to_sched)
-    return tm, handle
+    return handle, _wait_ready(procs, readers, handle, first)
 
 
-def _wait_ready(procs: list, readers: list, handle: SchedulerHandle) -> list[dict]:
+def _wait_ready(procs: list, readers: list, handle: SchedulerHandle, first: int
+                ) -> list[dict]:
     """Every rank's ready info; the first start-up error (or exit) of any rank stops all."""
     infos: dict[int, dict] = {}
-    name = (lambda r: f"scheduler (TP rank {r})") if len(procs) > 1 else (lambda r: "scheduler")
+    multi = len(procs) > 1 or first > 0
+    name = (lambda r: f"scheduler (TP rank {first + r})") if multi else (lambda r: "scheduler")
     while len(infos) < len(procs):
         for rank, reader in enumerate(readers):
             if rank in infos or not reader.poll(0.2):
