@@ -1,6 +1,7 @@
 """The TP forward test's script and its rank processes: the same paged-KV scenario (a batch of
 prompts, chunked prefill mixed with a new request, a prefix hit, decode steps) run by a tp=1
-runner in the test process and by each rank of a gloo group of 2 spawned processes."""
+runner in the test process and by each rank of a gloo group of 2 spawned processes. A model is
+given as (directory, dtype)."""
 
 from __future__ import annotations
 
@@ -30,20 +31,26 @@ def scenario(runner: ModelRunner, page_size: int, vocab: int) -> list[torch.Tens
     return out
 
 
-def reference(paths: list[str], page_size: int) -> list[list[torch.Tensor]]:
-    return [scenario(_runner(p), page_size, _vocab(p)) for p in paths]
+def reference(models: list[tuple[str, str]], page_size: int) -> list[list[torch.Tensor]]:
+    return [scenario(load_runner(*m), page_size, _vocab(m[0])) for m in models]
 
 
-def _runner(path: str) -> ModelRunner:
-    return ModelRunner(ModelConfig.from_pretrained(path), device="cpu")
+def load_runner(path: str, dtype: str) -> ModelRunner:
+    return ModelRunner(ModelConfig.from_pretrained(path, dtype), device="cpu")
+
+
+def packed_linears(runner: ModelRunner) -> bool:
+    """Whether the CPU bf16 pre-packing applied (to the row-parallel layers too)."""
+    attn = runner.model.model.layers[0].self_attn
+    return attn.qkv_proj.packed is not None and attn.o_proj.packed is not None
 
 
 def _vocab(path: str) -> int:
     return ModelConfig.from_pretrained(path).vocab_size
 
 
-def rank_main(rank: int, world: int, init_method: str, paths: list[str], page_size: int,
-              out_dir: str) -> None:
+def rank_main(rank: int, world: int, init_method: str, models: list[tuple[str, str]],
+              page_size: int, out_dir: str) -> None:
     """One TP rank (torch.multiprocessing.spawn target): saves its logits and KV pool shape."""
     from sglang.srt.distributed import destroy_tp_group, init_tp_group
 
@@ -51,12 +58,13 @@ def rank_main(rank: int, world: int, init_method: str, paths: list[str], page_si
     init_tp_group(rank, world, init_method, "cpu", timeout_s=120)
     try:
         results = []
-        for p in paths:
-            runner = _runner(p)
-            logits = scenario(runner, page_size, _vocab(p))
+        for path, dtype in models:
+            runner = load_runner(path, dtype)
+            logits = scenario(runner, page_size, _vocab(path))
             lay = runner.kv_pool.layout
             results.append({"logits": logits, "kv_heads": lay.num_kv_heads,
-                            "q_heads": runner.attn_backend.num_heads})
+                            "q_heads": runner.attn_backend.num_heads,
+                            "packed": packed_linears(runner)})
         torch.save(results, f"{out_dir}/rank{rank}.pt")
     finally:
         destroy_tp_group()

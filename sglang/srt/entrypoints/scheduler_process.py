@@ -45,6 +45,8 @@ def run_scheduler_process(
     try:
         if args.tp_size > 1:
             device = resolve_device(args.device)
+            if device == "cuda":  # NCCL binds each rank to its GPU
+                torch.cuda.set_device(args.base_gpu_id + tp_rank)
             init_tp_group(tp_rank, args.tp_size, dist_init_method, device,
                           timeout_s=max(args.watchdog_timeout, 60.0))
             if device == "cpu" and not envs.num_threads:  # the ranks share the cores
