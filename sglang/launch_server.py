@@ -1,4 +1,5 @@
 """python -m sglang.launch_server --model-path M [--port P] [--disaggregation-mode MODE]
+[--tp-size N [--nnodes K --node-rank R --dist-init-addr HOST:PORT]]
 
 The HTTP port opens first (/health answers 503 while the model loads and warms up); the engine
 starts in a thread and the routes serve once it is ready. A start-up failure is logged and the
@@ -28,6 +29,10 @@ def launch_server(args: ServerArgs) -> None:
         level=args.log_level.upper(),
         format=f"[%(asctime)s {args.disaggregation_mode}-http] %(levelname)s %(name)s: %(message)s",
     )
+    if args.node_rank > 0:  # --nnodes: only node 0 serves the API
+        from sglang.srt.entrypoints.node_server import run_node
+
+        return run_node(args)
     state = ServerState(args)
     handles: list = []
 

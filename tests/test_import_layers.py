@@ -21,6 +21,7 @@ SGLANG = Path(__file__).resolve().parents[1] / "sglang"
 LAYERS: list[tuple[str, set[str]]] = [  # bottom to top
     ("bottom", {"sglang.srt.base_types", "sglang.version"}),
     ("utils", {"sglang.srt.env", "sglang.srt.utils"}),
+    ("distributed", {"sglang.srt.distributed"}),
     ("leaves", {"sglang.srt.sampling", "sglang.srt.chat_templates", "sglang.srt.unsupported_flags",
                 "sglang.srt.configs", "sglang.srt.mem_cache", "sglang.srt.metrics"}),
     ("server_args", {"sglang.srt.server_args"}),

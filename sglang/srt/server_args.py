@@ -43,6 +43,11 @@ class ServerArgs:
     trust_remote_code: bool = False
     revision: Optional[str] = None
     tp_size: int = 1
+    # several nodes (SGLang's meanings): the TP ranks split evenly over --nnodes machines; node 0
+    # serves HTTP, the others run only their scheduler ranks (and a /health page)
+    nnodes: int = 1
+    node_rank: int = 0
+    dist_init_addr: Optional[str] = None  # HOST:PORT of the torch.distributed rendezvous
     kv_cache_dtype: str = "auto"
     schedule_policy: str = "fcfs"
     max_queued_requests: Optional[int] = None
@@ -97,11 +102,13 @@ class ServerArgs:
             bad(f"--max-prefill-tokens must be >= 1, got {self.max_prefill_tokens}")
         if self.tp_size < 1:
             bad(f"--tp-size must be >= 1, got {self.tp_size}")
-        if self.tp_size > 1:
+        if self.tp_size > 1 and self.disaggregation_mode != "null":
             bad(
-                f"--tp-size {self.tp_size}: tensor parallelism is not implemented yet; "
-                "run with --tp-size 1 (one rank per server)"
+                f"--tp-size {self.tp_size} with --disaggregation-mode {self.disaggregation_mode}: "
+                "tensor parallelism is implemented for unified servers only "
+                "(--disaggregation-mode null); run PD servers with --tp-size 1"
             )
+        self._check_nodes(bad)
         if self.kv_cache_dtype not in KV_CACHE_DTYPES:
             bad(f"--kv-cache-dtype must be one of {', '.join(KV_CACHE_DTYPES)}, "
                 f"got {self.kv_cache_dtype!r}")
@@ -124,6 +131,23 @@ class ServerArgs:
             bad(f"--disaggregation-transfer-backend must be one of {TRANSFER_BACKENDS}")
         if self.disaggregation_mode == "prefill" and self.disaggregation_transfer_backend == "fake":
             bad("the fake transfer backend works on decode servers only (as in SGLang)")
+
+    def _check_nodes(self, bad) -> None:
+        if self.nnodes < 1:
+            bad(f"--nnodes must be >= 1, got {self.nnodes}")
+        if not 0 <= self.node_rank < self.nnodes:
+            bad(f"--node-rank must be in [0, {self.nnodes}) for --nnodes {self.nnodes}, "
+                f"got {self.node_rank}")
+        if self.tp_size % self.nnodes:
+            bad(f"--tp-size {self.tp_size} must be a multiple of --nnodes {self.nnodes} "
+                "(each node runs tp-size / nnodes ranks)")
+        if self.nnodes > 1 and not self.dist_init_addr:
+            bad(f"--nnodes {self.nnodes} needs --dist-init-addr HOST:PORT (an address of node 0 "
+                "that every node can reach)")
+        if self.dist_init_addr is not None:
+            host, sep, port = self.dist_init_addr.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                bad(f"--dist-init-addr must be HOST:PORT, got {self.dist_init_addr!r}")
 
     @property
     def url(self) -> str:
@@ -160,6 +184,10 @@ class ServerArgs:
         a("--trust-remote-code", action="store_true", help="accepted for compatibility")
         a("--revision", default=None)
         a("--tp-size", "--tensor-parallel-size", type=int, default=1)
+        a("--nnodes", type=int, default=1, help="machines the TP ranks are spread over")
+        a("--node-rank", type=int, default=0, help="this machine's index (0 serves HTTP)")
+        a("--dist-init-addr", "--nccl-init-addr", default=None,
+          help="HOST:PORT on node 0 where the ranks meet (torch.distributed rendezvous)")
         a("--kv-cache-dtype", default="auto", choices=list(KV_CACHE_DTYPES))
         a("--schedule-policy", default=d["schedule_policy"].default,
           choices=list(SCHEDULE_POLICIES))

@@ -3,7 +3,10 @@ stream pacing, the refused-flag list, and mooncake_tcp's transport choice."""
 
 from __future__ import annotations
 
+import re
 from types import SimpleNamespace
+
+import pytest
 
 from sglang.srt.managers.admission import (
     LPM_MAX_QUEUE,
@@ -56,8 +59,25 @@ def test_refused_flags():
     assert msg.startswith("--speculative-algorithm is an SGLang flag") and "drop" in msg
     assert refused_flag(["--no-such-flag"]) is None  # argparse's own error then
     for implemented in ("--mem-fraction-static", "--tp-size", "--api-key", "--chat-template",
-                        "--schedule-policy", "--max-queued-requests", "--stream-interval"):
+                        "--schedule-policy", "--max-queued-requests", "--stream-interval",
+                        "--nnodes", "--node-rank", "--dist-init-addr"):
         assert implemented not in UNSUPPORTED_FLAGS
+
+
+@pytest.mark.parametrize("kw,needle", [
+    ({"tp_size": 2, "disaggregation_mode": "decode"}, "for unified servers only"),
+    ({"tp_size": 3, "nnodes": 2, "dist_init_addr": "h:1"}, "multiple of --nnodes 2"),
+    ({"tp_size": 2, "nnodes": 2}, "needs --dist-init-addr HOST:PORT"),
+    ({"tp_size": 2, "nnodes": 2, "node_rank": 2, "dist_init_addr": "h:1"}, "--node-rank must"),
+    ({"tp_size": 2, "dist_init_addr": "no-port"}, "--dist-init-addr must be HOST:PORT"),
+])
+def test_tp_and_node_flags_are_checked(kw, needle):
+    from sglang.srt.server_args import ServerArgs
+
+    with pytest.raises(ValueError, match=re.escape(needle)):
+        ServerArgs(model_path="m", **kw)
+    assert ServerArgs(model_path="m", tp_size=2, nnodes=2, node_rank=1,
+                      dist_init_addr="127.0.0.2:5000").tp_size == 2
 
 
 def test_mooncake_tcp_forces_tcp_even_with_an_rdma_device():

@@ -1,4 +1,6 @@
-"""Start the scheduler process and build the TokenizerManager that talks to it."""
+"""Start the scheduler processes (one per TP rank of this node) and build the TokenizerManager
+that talks to rank 0. The ranks join one ``torch.distributed`` group at ``--dist-init-addr`` (a
+free loopback port when one node)."""
 
 from __future__ import annotations
 
@@ -8,26 +10,34 @@ import multiprocessing as mp
 import os
 import signal
 import tempfile
+from typing import Optional
 
 from sglang.srt.managers.io_struct import SchedulerReady
 from sglang.srt.entrypoints.scheduler_process import run_scheduler_process
 from sglang.srt.managers.tokenizer_manager import TokenizerManager
 from sglang.srt.server_args import ServerArgs
+from sglang.srt.utils.network import LOOPBACK, free_port, host_port
 
 logger = logging.getLogger(__name__)
 
 
 class SchedulerHandle:
-    def __init__(self, proc: mp.Process):
-        self.proc = proc
+    """The scheduler processes; ``proc`` is TP rank 0's (the one the HTTP process watches: it
+    exits when another rank dies)."""
+
+    def __init__(self, procs: list[mp.Process]):
+        self.procs = procs
+        self.proc = procs[0]
 
     def shutdown(self) -> None:
-        if self.proc.is_alive():
-            self.proc.terminate()
-            self.proc.join(10)
-            if self.proc.is_alive():
-                self.proc.kill()
-                self.proc.join(5)
+        for proc in self.procs:
+            if proc.is_alive():
+                proc.terminate()
+        for proc in self.procs:
+            proc.join(10)
+            if proc.is_alive():
+                proc.kill()
+                proc.join(5)
 
 
 def resolve_model_path(args: ServerArgs) -> None:
@@ -54,6 +64,15 @@ def launch_engine(args: ServerArgs) -> tuple[TokenizerManager, SchedulerHandle]:
     ipc_dir = tempfile.mkdtemp(prefix="sglang-ipc-")
     to_sched = f"ipc://{ipc_dir}/to_scheduler"
     to_tm = f"ipc://{ipc_dir}/to_tokenizer"
+    handle, infos = start_schedulers(args, to_sched, to_tm)
+    tm = TokenizerManager(args, infos[0], recv_addr=to_tm, send_addr=to_sched)
+    return tm, handle
+
+
+def start_schedulers(args: ServerArgs, to_sched: Optional[str] = None,
+                     to_tm: Optional[str] = None) -> tuple[SchedulerHandle, list[dict]]:
+    """This node's ranks (``tp_size / nnodes`` from ``node_rank * that``), ready; global rank 0
+    gets the ZMQ addresses."""
     # OpenMP threads that spin while waiting collapse (20x slower measured here) as soon as
     # another busy process shares the cores, as prefill and decode servers on one host do. The
     # price is a thread wake-up per parallel op (decode up to ~1.5x slower on an idle 2-core VM):
@@ -61,22 +80,49 @@ def launch_engine(args: ServerArgs) -> tuple[TokenizerManager, SchedulerHandle]:
     if "GOMP_SPINCOUNT" not in os.environ:
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     ctx = mp.get_context("spawn")
-    reader, writer = ctx.Pipe(duplex=False)
-    proc = ctx.Process(
-        target=run_scheduler_process, args=(args, to_sched, to_tm, writer), daemon=True
-    )
-    proc.start()
-    handle = SchedulerHandle(proc)
+    dist_init = None
+    if args.dist_init_addr:
+        dist_init = f"tcp://{args.dist_init_addr}"
+    elif args.tp_size > 1:
+        dist_init = f"tcp://{host_port(LOOPBACK, free_port())}"
+    per_node = args.tp_size // args.nnodes
+    first = args.node_rank * per_node
+    procs, readers = [], []
+    for rank in range(first, first + per_node):
+        reader, writer = ctx.Pipe(duplex=False)
+        addrs = (to_sched, to_tm) if rank == 0 else (None, None)
+        procs.append(ctx.Process(target=run_scheduler_process, daemon=True,
+                                 args=(args, *addrs, writer, rank, dist_init)))
+        readers.append(reader)
+    for proc in procs:
+        proc.start()
+    handle = SchedulerHandle(procs)
     atexit.register(handle.shutdown)
-    while not reader.poll(1.0):
-        if not proc.is_alive():
-            raise RuntimeError(f"scheduler process exited during start-up (code {proc.exitcode})")
-    ready = reader.recv()
-    if not isinstance(ready, SchedulerReady):
-        handle.shutdown()
-        raise RuntimeError(f"scheduler failed to start: {ready.get('error')}")
-    tm = TokenizerManager(args, ready.info, recv_addr=to_tm, send_addr=to_sched)
-    return tm, handle
+    return handle, _wait_ready(procs, readers, handle, first)
+
+
+def _wait_ready(procs: list, readers: list, handle: SchedulerHandle, first: int
+                ) -> list[dict]:
+    """Every rank's ready info; the first start-up error (or exit) of any rank stops all."""
+    infos: dict[int, dict] = {}
+    multi = len(procs) > 1 or first > 0
+    name = (lambda r: f"scheduler (TP rank {first + r})") if multi else (lambda r: "scheduler")
+    while len(infos) < len(procs):
+        for rank, reader in enumerate(readers):
+            if rank in infos or not reader.poll(0.2):
+                continue
+            ready = reader.recv()
+            if not isinstance(ready, SchedulerReady):
+                handle.shutdown()
+                raise RuntimeError(f"{name(rank)} failed to start: {ready.get('error')}")
+            infos[rank] = ready.info
+        for rank, proc in enumerate(procs):
+            if rank not in infos and not proc.is_alive() and not readers[rank].poll(0):
+                handle.shutdown()
+                raise RuntimeError(
+                    f"{name(rank)} process exited during start-up (code {proc.exitcode})"
+                )
+    return [infos[r] for r in range(len(procs))]
 
 
 def install_signal_handlers(handle: SchedulerHandle) -> None:

@@ -2,6 +2,9 @@
 
 One loop: take messages, let the PD queues (if any) move requests, run one extend pass (new
 prompts, chunked) or else one decode pass over the running requests, send the results.
+--tp-size N: one Scheduler per rank (process). Rank 0 alone talks to the tokenizer manager and
+broadcasts what it received each iteration; every rank schedules the same messages the same
+(deterministic) way, so all meet in the same forward passes; only rank 0 sends outputs.
 """
 
 from __future__ import annotations
@@ -15,21 +18,12 @@ import torch
 import zmq
 
 from sglang.srt.base_types import ABORTED, ForwardMode
+from sglang.srt.distributed import broadcast_objects, tp_min_int
 from sglang.srt.env import envs
 from sglang.srt.managers.io_struct import (
-    AbortReq,
-    BatchReqOutput,
-    ReqOutput,
-    RpcReq,
-    TokenizedGenerateReqInput,
+    AbortReq, BatchReqOutput, ReqOutput, RpcReq, TokenizedGenerateReqInput,
 )
-from sglang.srt.managers.disagg_protocol import (
-    Admissions,
-    DisaggLayer,
-    Load,
-    NoDisagg,
-    PDContext,
-)
+from sglang.srt.managers.disagg_protocol import Admissions, DisaggLayer, Load, NoDisagg, PDContext
 from sglang.srt.managers.admission import (
     cached_prefix_len,
     order_longest_prefix_first,
@@ -61,23 +55,27 @@ class Scheduler(SchedulerReportsMixin):
         runner: Any = None,
         tokenizer: Any = None,
         make_disagg: Optional[Callable[[PDContext], DisaggLayer]] = None,
+        tp_rank: int = 0,
     ):
         """``runner`` (default: the model of ``args.model_path``) and ``tokenizer`` are seams
         for in-process tests; ``make_disagg`` builds the PD layer of a prefill or decode
-        server (the process entry passes it: managers do not import disaggregation)."""
+        server (the process entry passes it: managers do not import disaggregation);
+        ``tp_rank``: this process's TP rank (the group is joined before)."""
         self.args = args
+        self.tp_rank = tp_rank
         self.device = resolve_device(args.device)
         if self.device == "cuda":
-            torch.cuda.set_device(args.base_gpu_id)
+            torch.cuda.set_device(args.base_gpu_id + tp_rank)
         if envs.num_threads:
             torch.set_num_threads(envs.num_threads)
         torch.manual_seed(args.random_seed)
-        self.runner = runner if runner is not None else self._load_model(args)
+        self.runner = runner if runner is not None else self._load_model(args, tp_rank)
         self.model_config = self.runner.config
         self.context_len = self.model_config.context_length
         layout = self.runner.kv_layout(args.page_size, args.kv_cache_dtype)
         pages = kv_pool_pages(layout.bytes_per_token, args.page_size, self.device,
                               args.max_total_tokens, args.mem_fraction_static)
+        pages = tp_min_int(pages)  # every rank must schedule on the same pool size
         self.pool = KVPool(layout, pages, self.device)
         self.runner.set_kv_pool(self.pool)
         self.max_running = args.max_running_requests or 128
@@ -106,10 +104,10 @@ class Scheduler(SchedulerReportsMixin):
         )) if self.pd else NoDisagg()
 
     @staticmethod
-    def _load_model(args: ServerArgs) -> ModelRunner:
+    def _load_model(args: ServerArgs, tp_rank: int = 0) -> ModelRunner:
         config = ModelConfig.from_pretrained(args.model_path, args.dtype, args.context_length)
-        return ModelRunner(config, resolve_device(args.device), args.base_gpu_id, args.load_format,
-                           args.random_seed)
+        return ModelRunner(config, resolve_device(args.device), args.base_gpu_id + tp_rank,
+                           args.load_format, args.random_seed)
 
     def warmup(self) -> None:
         """One short request through the whole path before serving (not in PD modes: a PD
@@ -256,19 +254,19 @@ class Scheduler(SchedulerReportsMixin):
                 self.waiting.insert(0, victim)
 
     # ---- loop --------------------------------------------------------------------------
-    def run(self, recv: zmq.Socket, send: zmq.Socket) -> None:
+    def run(self, recv: Optional[zmq.Socket], send: Optional[zmq.Socket]) -> None:
+        """The loop; ``recv``/``send`` are None on TP ranks other than 0."""
         self._send_sock = send
         poller = zmq.Poller()
-        poller.register(recv, zmq.POLLIN)
+        if recv is not None:
+            poller.register(recv, zmq.POLLIN)
         parent = os.getppid()
         last_parent_check = time.monotonic()
         watchdog = Watchdog(self.args.watchdog_timeout)
         while True:
             busy = self.busy()
-            timeout = 0 if busy else 50
-            while dict(poller.poll(timeout)).get(recv):
-                self.handle(recv.recv_pyobj())
-                timeout = 0
+            for msg in self._receive(poller, recv, 0 if busy else 50):
+                self.handle(msg)
             watchdog.step_begin()
             ran = self.step()
             self.flush_outbox()
@@ -283,8 +281,17 @@ class Scheduler(SchedulerReportsMixin):
                     logger.warning("parent process died; scheduler exits")
                     return
 
+    def _receive(self, poller: zmq.Poller, recv: Optional[zmq.Socket], timeout: int) -> list:
+        """Rank 0: what arrived within ``timeout`` ms, broadcast to the other ranks (tp > 1)."""
+        msgs = []
+        while recv is not None and dict(poller.poll(timeout)).get(recv):
+            msgs.append(recv.recv_pyobj())
+            timeout = 0
+        return broadcast_objects(msgs if recv is not None else None)
+
     def send(self, obj: Any) -> None:
-        self._send_sock.send_pyobj(obj)
+        if self._send_sock is not None:  # TP ranks other than 0 send nothing
+            self._send_sock.send_pyobj(obj)
 
     def flush_outbox(self) -> None:
         if self.outbox:

@@ -1,4 +1,7 @@
-"""Builds the model on its device, loads its weights, and runs forward passes on the KV pool."""
+"""Builds the model on its device, loads its weights, and runs forward passes on the KV pool.
+
+Under tensor parallelism (the process group joined before, ``sglang.srt.distributed``) it builds
+this rank's share of the model; its KV pool holds only this rank's KV heads."""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ import torch
 
 from sglang.srt.base_types import ForwardMode
 from sglang.srt.configs.model_config import ModelConfig
+from sglang.srt.distributed import get_tp_rank, get_tp_size, head_split
 from sglang.srt.layers.attention_backend import TorchAttnBackend
 from sglang.srt.layers.forward_batch import ForwardBatch
 from sglang.srt.mem_cache.kv_dtype import resolve_kv_cache_dtype
@@ -41,6 +45,8 @@ class ModelRunner:
         self.device = torch_device(device, gpu_id)
         self.dtype = config.torch_dtype
         self.kv_pool: KVPool | None = None
+        self.tp_size, self.tp_rank = get_tp_size(), get_tp_rank()
+        self.heads = head_split(config.num_heads, config.num_kv_heads, self.tp_size, self.tp_rank)
 
         t0 = time.perf_counter()
         model_cls = get_model_class(config.architecture)
@@ -58,22 +64,25 @@ class ModelRunner:
         model.post_load()
         self.model = model.eval()
         self.attn_backend = TorchAttnBackend(
-            config.num_heads, config.num_kv_heads, config.head_dim, config.head_dim**-0.5
+            self.heads.num_heads, self.heads.num_kv_heads, config.head_dim, config.head_dim**-0.5
         )
         logger.info(
-            "loaded %s (%s, %s) on %s in %.1fs",
+            "loaded %s (%s, %s, TP rank %d of %d) on %s in %.1fs",
             config.architecture,
             load_format,
             str(self.dtype).removeprefix("torch."),
+            self.tp_rank,
+            self.tp_size,
             self.device,
             time.perf_counter() - t0,
         )
 
     def kv_layout(self, page_size: int, kv_cache_dtype: str = "auto") -> KVLayout:
-        """The pool's layout; ``kv_cache_dtype`` as ``--kv-cache-dtype`` (auto: the model's)."""
+        """The pool's layout (this rank's KV heads); ``kv_cache_dtype`` as
+        ``--kv-cache-dtype`` (auto: the model's)."""
         c = self.config
         dtype = resolve_kv_cache_dtype(kv_cache_dtype, self.dtype)
-        return KVLayout(c.num_layers, c.num_kv_heads, c.head_dim, page_size, dtype)
+        return KVLayout(c.num_layers, self.heads.num_kv_heads, c.head_dim, page_size, dtype)
 
     def set_kv_pool(self, pool: KVPool) -> None:
         if pool.num_layers != self.config.num_layers:

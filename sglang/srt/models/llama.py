@@ -1,7 +1,9 @@
 """Llama-family decoder (Llama, Mistral; Qwen2/Qwen3 reuse it with a few switches).
 
 Fused QKV and gate_up projections (one matmul each), RoPE from a precomputed table, paged-KV
-attention through the backend, and the LM head only on the rows whose logits are wanted.
+attention through the backend, and the LM head only on the rows whose logits are wanted. Under
+tensor parallelism each rank builds its share (its heads, its MLP slice, its vocabulary rows)
+and ``load_weights`` hands each layer the whole checkpoint tensor to cut its slice from.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from sglang.srt.layers.attention_backend import TorchAttnBackend
 from sglang.srt.layers.embedding import LMHead, VocabEmbedding
 from sglang.srt.layers.forward_batch import ForwardBatch
 from sglang.srt.layers.layernorm import RMSNorm, rms_normalize
-from sglang.srt.layers.linear import GateUpLinear, Linear, MergedLinear
+from sglang.srt.layers.linear import GateUpLinear, QKVParallelLinear, RowParallelLinear
 from sglang.srt.layers.rotary_embedding import RopeBatch, RotaryEmbedding, rope_inv_freq
 
 # checkpoint projection name -> (fused module name, shard index)
@@ -36,13 +38,14 @@ class Attention(nn.Module):
         super().__init__()
         hf = cfg.hf_config
         self.layer_id = layer_id
-        self.num_heads = cfg.num_heads
-        self.num_kv_heads = cfg.num_kv_heads
         self.head_dim = cfg.head_dim
-        q_size, kv_size = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
-        self.qk_size = q_size + kv_size
-        self.qkv_proj = MergedLinear(cfg.hidden_size, [q_size, kv_size, kv_size], bias=qkv_bias)
-        self.o_proj = Linear(q_size, cfg.hidden_size, bias=o_bias)
+        self.qkv_proj = QKVParallelLinear(
+            cfg.hidden_size, cfg.head_dim, cfg.num_heads, cfg.num_kv_heads, bias=qkv_bias
+        )
+        self.num_heads = self.qkv_proj.split.num_heads  # this rank's
+        self.num_kv_heads = self.qkv_proj.split.num_kv_heads
+        self.qk_size = (self.num_heads + self.num_kv_heads) * cfg.head_dim
+        self.o_proj = RowParallelLinear(cfg.num_heads * cfg.head_dim, cfg.hidden_size, o_bias)
         self.q_norm: Optional[RMSNorm] = None
         self.k_norm: Optional[RMSNorm] = None
         if qk_norm:  # Qwen3: RMSNorm over head_dim of every q and k head, before RoPE
@@ -83,7 +86,7 @@ class MLP(nn.Module):
     def __init__(self, hidden_size: int, intermediate_size: int, bias: bool = False):
         super().__init__()
         self.gate_up_proj = GateUpLinear(hidden_size, intermediate_size, bias=bias)
-        self.down_proj = Linear(intermediate_size, hidden_size, bias=bias)
+        self.down_proj = RowParallelLinear(intermediate_size, hidden_size, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(self.gate_up_proj(x))  # gate_up_proj applies silu(gate) * up
@@ -181,6 +184,11 @@ class LlamaForCausalLM(nn.Module):
                 continue
             if name not in params:
                 raise ValueError(f"checkpoint tensor {name!r} has no place in the model")
+            module, _, pname = name.rpartition(".")
+            if hasattr(modules[module], "load_param"):  # cuts its tensor-parallel slice
+                modules[module].load_param(pname, tensor)
+                loaded.add(name)
+                continue
             if params[name].shape != tensor.shape:
                 shapes = f"{tuple(tensor.shape)} in the checkpoint, {tuple(params[name].shape)}"
                 raise ValueError(f"{name}: shape {shapes} in the model")

@@ -1,0 +1,112 @@
+"""``launch_server --tp-size 2`` (two scheduler processes, gloo) against the session's tp=1
+reference server: same greedy answers for concurrent requests that chunk (prompts longer than
+the 32-token chunk) and hit the prefix cache, tp_size in /get_server_info, the KV pool whole
+afterwards; then a rank killed makes the server answer 503 instead of hanging. Two simulated
+nodes (``--nnodes 2``, each on its own loopback address) serve the same answers, and node 1
+exits once node 0 is gone."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+from pool_checks import assert_pool_whole
+
+from sglang.srt.utils.network import free_port
+from sglang.test.server_utils import launch_server, start
+
+# The reference server's arguments (tests/conftest.py REFERENCE_ARGS).
+ARGS = ["--chunked-prefill-size", "32", "--page-size", "4", "--max-total-tokens", "4096",
+        "--context-length", "1024"]
+STORY = ("Once upon a time there was a little robot who lived in a quiet town by the sea. "
+         "Every morning it walked to the harbour and counted the boats. ")
+PROMPTS = [
+    "Hello, my name is",
+    STORY + "One day",  # > 32 tokens: chunked prefill
+    STORY + "The boats",  # shares STORY's pages with the previous one: a prefix hit
+    STORY * 2 + "In the end",
+    "The capital of France is",
+]
+
+
+@pytest.fixture(scope="module")
+def tp2(tiny_model, log_dir):
+    proc = launch_server(tiny_model, log_dir, "tp2", [*ARGS, "--tp-size", "2"])
+    yield proc
+    proc.stop()
+
+
+def _generate(url: str, text: str) -> dict:
+    r = requests.post(url + "/generate", timeout=120, json={
+        "text": text, "sampling_params": {"temperature": 0, "max_new_tokens": 16}})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def _answers(url: str) -> list[tuple[str, list[int]]]:
+    with ThreadPoolExecutor(len(PROMPTS)) as ex:  # concurrent: batched on the server
+        outs = list(ex.map(lambda p: _generate(url, p), PROMPTS))
+    return [(o["text"], o["output_ids"]) for o in outs]
+
+
+def test_tp2_answers_equal_tp1(tp2, unified):
+    want = _answers(unified)
+    got = _answers(tp2.url)
+    assert got == want
+    again = _answers(tp2.url)  # every prompt now hits the prefix cache
+    assert again == want
+    info = requests.get(tp2.url + "/get_server_info", timeout=10).json()
+    assert info["tp_size"] == 2
+    state = assert_pool_whole(tp2.url)
+    assert state["kv_pool"]["cached_pages"] > 0  # the prefixes were cached (and hit above)
+
+
+def test_killed_rank_makes_the_server_answer_503(tp2):
+    pids = dict(re.findall(r"TP rank (\d) of 2 joined .*pid (\d+)", tp2.log_tail(400)))
+    assert set(pids) == {"0", "1"}, tp2.log_tail(40)
+    os.kill(int(pids["1"]), signal.SIGKILL)
+    deadline, status = time.time() + 30, None  # expected within ~2 s
+    while time.time() < deadline:
+        r = requests.post(tp2.url + "/generate", timeout=30, json={
+            "text": "hi", "sampling_params": {"max_new_tokens": 4}})
+        status = r.status_code
+        if status == 503:
+            break
+        time.sleep(0.5)
+    assert status == 503
+    assert "scheduler process exited" in r.text
+    assert tp2.alive()  # the HTTP process keeps answering
+    with pytest.raises(ProcessLookupError):
+        os.kill(int(pids["0"]), 0)  # rank 0 exited too
+
+
+def test_two_nodes_answer_as_one(tiny_model, log_dir, unified):
+    dist = f"127.0.0.2:{free_port('127.0.0.2')}"
+    nodes = []
+    for rank, host in enumerate(("127.0.0.2", "127.0.0.3")):
+        port = free_port(host)
+        argv = ["-m", "sglang.launch_server", "--model-path", tiny_model, *ARGS, "--tp-size", "2",
+                "--nnodes", "2", "--node-rank", str(rank), "--dist-init-addr", dist,
+                "--host", host, "--port", str(port)]
+        nodes.append((f"node{rank}", argv, f"http://{host}:{port}", f"{log_dir}/nodes"))
+    with ThreadPoolExecutor(2) as ex:  # each waits for the other's ranks
+        futs = [ex.submit(start, *n) for n in nodes]
+        node0, node1 = [f.result() for f in futs]
+    try:
+        assert _answers(node0.url) == _answers(unified)
+        info = requests.get(node0.url + "/get_server_info", timeout=10).json()
+        assert (info["tp_size"], info["nnodes"], info["dist_init_addr"]) == (2, 2, dist)
+        assert requests.post(node1.url + "/generate", json={"text": "hi"}).status_code == 404
+        node0.stop()
+        deadline = time.time() + 30  # node 1's rank fails its next collective: ~1 s
+        while node1.alive() and time.time() < deadline:
+            time.sleep(0.5)
+        assert not node1.alive(), node1.log_tail(20)
+    finally:
+        node0.stop()
+        node1.stop()
