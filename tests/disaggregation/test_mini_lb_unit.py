@@ -325,6 +325,19 @@ def test_batch_and_openai_routes(pd: tuple[LB, Stub, Stub]) -> None:
     assert requests.get(f"{lb.url}/v1/models").json() == {"data": [{"id": "m"}]}
 
 
+def test_unknown_routes_and_non_json_numbers_get_json_errors(pd: tuple[LB, Stub, Stub]) -> None:
+    lb, _, _ = pd
+    for method, path in (("POST", "/no_such_route"), ("PUT", "/generate")):
+        r = requests.request(method, f"{lb.url}{path}", json={}, timeout=10)
+        assert r.status_code in (404, 405), r.text
+        assert path in r.json()["error"]["message"]
+    for raw in (b'{"text": NaN}', b'{"text": Infinity}', b"[" * 100000):
+        r = requests.post(f"{lb.url}/generate", data=raw, timeout=10,
+                          headers={"Content-Type": "application/json"})
+        assert r.status_code == 400 and "invalid JSON body" in r.json()["error"]["message"], r.text
+    assert requests.post(f"{lb.url}/generate", json={"text": "ok"}, timeout=10).status_code == 200
+
+
 def test_logprob_merge_through_lb(pd: tuple[LB, Stub, Stub]) -> None:
     lb, _, _ = pd
     r = requests.post(f"{lb.url}/generate", json={"text": "a", "return_logprob": True})

@@ -169,8 +169,19 @@ async def register(request: web.Request) -> web.Response:
     )
 
 
+@web.middleware
+async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    """An unknown route or method is a JSON error naming it, as the servers' are."""
+    try:
+        return await handler(request)
+    except web.HTTPException as e:
+        if e.status < 400:
+            raise
+        return error_response(f"{request.method} {request.path}: {e.reason}", e.status)
+
+
 def build_app(args: LBArgs) -> web.Application:
-    app = web.Application(client_max_size=1 << 30)
+    app = web.Application(client_max_size=1 << 30, middlewares=[json_errors])
     prefills = [Prefill(u, p) for u, p in zip(args.prefill_urls, args.prefill_bootstrap_ports)]
     states = Workers(args.health, args.breaker)
     app[POOL] = pool = ServerPool(prefills, args.decode_urls, args.policy, workers=states)

@@ -34,9 +34,15 @@ logger = logging.getLogger("sglang.mini_lb")
 async def json_body(request: web.Request) -> Any:
     raw = await request.read()
     try:
-        return json.loads(raw)
+        return json.loads(raw, parse_constant=_not_json)
     except ValueError as e:
         raise LegError(400, f"invalid JSON body: {e}") from None
+    except RecursionError:
+        raise LegError(400, "invalid JSON body: nested too deeply") from None
+
+
+def _not_json(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def fresh_rids(body: dict[str, Any], rids: list[str], attempt: int, own: bool) -> list[str]:
