@@ -16,9 +16,9 @@ from sglang.srt.disaggregation.common.metadata_buffers import (
     MetadataBuffers,
     MetadataSlotAllocator,
 )
-from sglang.srt.disaggregation.utils import create_kv_receiver, create_kv_sender, get_kv_class
+from sglang.srt.disaggregation.utils import FAKE_BOOTSTRAP_HOST, get_kv_class
 from sglang.srt.managers.disagg_protocol import PDContext
-from sglang.srt.utils.network import reachable_host
+from sglang.srt.utils.network import host_port, reachable_host
 
 if TYPE_CHECKING:
     from sglang.srt.managers.req import Req
@@ -28,17 +28,25 @@ logger = logging.getLogger(__name__)
 
 class BackendConnector:
     """The data plane of one transfer backend, used by composition: its manager (engine,
-    registered memory, control threads) and a sender or receiver per request."""
+    registered memory, control threads) and a sender or receiver per request (the fake ones for
+    FAKE_BOOTSTRAP_HOST, as SGLang's)."""
 
     def __init__(self, backend: str, kv_args: KVArgs, mode: str):
         self.backend = backend
         self.mgr: BaseKVManager = get_kv_class(backend, "manager")(kv_args, mode)
+        self._classes = {kind: (get_kv_class(backend, kind), get_kv_class("fake", kind))
+                         for kind in ("sender", "receiver")}
+
+    def _make(self, kind: str, host: Optional[str], port: Optional[int], room: int) -> Any:
+        real, fake = self._classes[kind]
+        cls = fake if host == FAKE_BOOTSTRAP_HOST else real
+        return cls(self.mgr, host_port(host, port), room)
 
     def sender(self, host: Optional[str], port: Optional[int], room: int) -> Any:
-        return create_kv_sender(self.mgr, self.backend, host, port, room)
+        return self._make("sender", host, port, room)
 
     def receiver(self, host: Optional[str], port: Optional[int], room: int) -> Any:
-        return create_kv_receiver(self.mgr, self.backend, host, port, room)
+        return self._make("receiver", host, port, room)
 
     def describe(self) -> dict[str, Any]:
         return self.mgr.describe()
