@@ -35,7 +35,7 @@ serve: install
 	$(PY) -m sglang.tools.pd_demo --serve
 
 test: install
-	$(PY) -m pytest tests -q -rs
+	$(PY) -m pytest tests -q -rs --durations=25
 
 bench: install
 	$(PY) benchmarks/bench_engine.py
