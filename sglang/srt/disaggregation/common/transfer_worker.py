@@ -57,8 +57,9 @@ class TransferWorkers:
     def __init__(self, mgr: CommonKVManager, side: PrefillSide, num_threads: int):
         self.mgr = mgr
         self.side = side
-        self._queues: list[queue.Queue[Union[TransferJob, Callable[[], None], None]]] = [
-            queue.Queue() for _ in range(num_threads)
+        # SimpleQueue: put and get are C code, and a put wakes a waiting worker directly
+        self._queues: list[queue.SimpleQueue[Union[TransferJob, Callable[[], None], None]]] = [
+            queue.SimpleQueue() for _ in range(num_threads)
         ]
         self._threads = [
             threading.Thread(target=self._run, args=(q,), name=f"kv-transfer-{i}", daemon=True)
@@ -74,7 +75,7 @@ class TransferWorkers:
         """Run ``fn`` on ``room``'s worker once the jobs queued for the room so far are done."""
         self._queues[room % len(self._queues)].put(fn)
 
-    def _run(self, q: queue.Queue[Union[TransferJob, Callable[[], None], None]]) -> None:
+    def _run(self, q: queue.SimpleQueue[Union[TransferJob, Callable[[], None], None]]) -> None:
         while True:
             job = q.get()
             if job is None:
@@ -155,11 +156,13 @@ class TransferWorkers:
             side.fail(room, f"Could not tell decode {job.peer} that request {room} arrived")
             return
         side.rooms.set_status(room, KVPoll.Success)
-        m = side.metric(room)
-        logger.debug(
-            "Request %d: transfer done, %d bytes in %d blocks, %.3fs, %.2f GB/s",
-            room, m.get("bytes", 0), m.get("blocks", 0), m.get("seconds", 0), m.get("gbps", 0),
-        )
+        if logger.isEnabledFor(logging.DEBUG):
+            m = side.metric(room)
+            logger.debug(
+                "Request %d: transfer done, %d bytes in %d blocks, %.3fs, %.2f GB/s",
+                room, m.get("bytes", 0), m.get("blocks", 0), m.get("seconds", 0),
+                m.get("gbps", 0),
+            )
 
     def close(self) -> None:
         for q in self._queues:

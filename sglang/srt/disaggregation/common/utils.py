@@ -75,20 +75,19 @@ def sort_pairs(src_pages: np.ndarray, dst_pages: np.ndarray) -> tuple[np.ndarray
 def kv_blocks(
     runs: PageRuns, src_ptrs: Sequence[int], dst_ptrs: Sequence[int], item_len: int
 ) -> Blocks:
-    """One block per run per region (every layer's K and V), region by region."""
+    """One block per run per region (every layer's K and V), region by region. Built with one
+    numpy broadcast per side (region base + run offset), not a Python loop over regions: this
+    runs on the transfer worker for every request, before its first byte moves."""
     if len(src_ptrs) != len(dst_ptrs):
         raise ValueError(f"{len(src_ptrs)} source regions but {len(dst_ptrs)} destination ones")
     if len(runs) == 0:
         return Blocks([], [], [])
     src_off = runs.src_starts * item_len
     dst_off = runs.dst_starts * item_len
+    src = np.add.outer(np.asarray(src_ptrs, dtype=np.int64), src_off).ravel()
+    dst = np.add.outer(np.asarray(dst_ptrs, dtype=np.int64), dst_off).ravel()
     nbytes = (runs.lengths * item_len).tolist()
-    src: list[int] = []
-    dst: list[int] = []
-    for sp, dp in zip(src_ptrs, dst_ptrs):
-        src.extend((src_off + sp).tolist())
-        dst.extend((dst_off + dp).tolist())
-    return Blocks(src, dst, nbytes * len(src_ptrs))
+    return Blocks(src.tolist(), dst.tolist(), nbytes * len(src_ptrs))
 
 
 def aux_blocks(
