@@ -68,7 +68,8 @@ class DecodeSide:
     # ---- handshake -----------------------------------------------------------------------
     def add_receiver(self, room: int, bootstrap_addr: str) -> bool:
         """Track a new room; False (and nothing changed) if the room is already in flight."""
-        st = ReceiverRoom(room, bootstrap_addr, inject_failure=faults.request_fails())
+        fails = envs.test_failure_prob > 0 and faults.request_fails()  # test only
+        st = ReceiverRoom(room, bootstrap_addr, inject_failure=fails)
         with self.lock:
             if self.rooms.get(room) is not None:
                 logger.warning("Request %d: refused, bootstrap_room already in flight", room)

@@ -170,7 +170,8 @@ class PrefillSide:
     # ---- sender API (scheduler thread) ---------------------------------------------------
     def add_sender(self, room: int, bootstrap_addr: str) -> bool:
         """Track a new room; False (and nothing changed) if the room is already in flight."""
-        st = SenderRoom(room, bootstrap_addr, inject_failure=faults.request_fails())
+        fails = envs.test_failure_prob > 0 and faults.request_fails()  # test only
+        st = SenderRoom(room, bootstrap_addr, inject_failure=fails)
         with self.lock:
             if self.rooms.get(room) is not None:
                 logger.warning("Request %d: refused, bootstrap_room already in flight", room)

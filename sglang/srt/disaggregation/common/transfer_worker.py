@@ -120,7 +120,8 @@ class TransferWorkers:
         if envs.test_transfer_delay > 0:  # test only: keep this write in flight a while
             time.sleep(envs.test_transfer_delay)
         try:
-            faults.before_write("KV" if blocks.src else "metadata", job.peer)  # test-only knobs
+            if envs.test_write_delay_ms or envs.test_write_failure_prob:  # test-only knobs
+                faults.before_write("KV" if blocks.src else "metadata", job.peer)
             if aux is not None and blocks.src and self.mgr.merges_aux(peer):
                 self.mgr.write(peer, blocks + aux, "kv")  # one engine call, one completion
             else:
