@@ -109,32 +109,3 @@ def test_page_size_mismatch_is_refused_at_the_handshake(tiny_model, log_dir):
     finally:
         prefill.stop()
         decode.stop()
-
-
-def test_dead_decode_and_dead_prefill(tiny_model, log_dir):
-    """A dead decode: the request fails promptly and the prefill keeps no page. A dead prefill
-    while the decode is generating: the decode keeps serving its own work; new requests fail
-    promptly and the decode keeps no page."""
-    c = launch_pd_cluster(tiny_model, f"{log_dir}/dead", "mooncake", args=ARGS, env=ENV)
-    try:
-        body = {"text": "Once upon a time", "sampling_params": GREEDY}
-        assert requests.post(c.url + "/generate", json=body, timeout=60).status_code == 200
-        c.decodes[0].kill()
-        t0 = time.time()
-        r = requests.post(c.url + "/generate", json=body, timeout=60)
-        assert r.status_code >= 500 and time.time() - t0 < 30
-        assert_pool_whole(c.prefills[0].url)
-    finally:
-        c.stop()
-    c = launch_pd_cluster(tiny_model, f"{log_dir}/dead2", "mooncake", args=ARGS, env=ENV)
-    try:
-        assert requests.post(c.url + "/generate", json=body, timeout=60).status_code == 200
-        c.prefills[0].kill()
-        t0 = time.time()
-        r = requests.post(c.url + "/generate", json=body, timeout=60)
-        assert r.status_code >= 500 and time.time() - t0 < 30
-        time.sleep(2)  # the heartbeat notices the dead prefill
-        assert_pool_whole(c.decodes[0].url)
-        assert requests.get(c.decodes[0].url + "/health", timeout=10).status_code == 200
-    finally:
-        c.stop()
