@@ -189,3 +189,28 @@ def test_json_python_reads_but_no_request_can_hold_is_a_400(unified, path):
     ok = requests.post(unified + "/generate", data='{"text": "\\ud83d\\ude00 ok", '
                        '"sampling_params": {"max_new_tokens": 2}}', timeout=30)
     assert ok.status_code == 200, ok.text  # a surrogate pair is a character
+
+
+# mini_lb serves no /openapi.json: its routes, less /register (it adds a server: validated, but
+# unauthenticated as SGLang's mini_lb's, so fuzzing it would reroute the shared cluster).
+LB_ROUTES = [("POST", "/generate"), ("POST", "/v1/completions"), ("POST", "/v1/chat/completions"),
+             ("GET", "/v1/models"), ("GET", "/health"), ("GET", "/workers"),
+             ("GET", "/health_generate"), ("GET", "/get_server_info"), ("GET", "/model_info"),
+             ("POST", "/flush_cache"), ("GET", "/metrics"), ("POST", "/no_such_route")]
+
+
+def test_mini_lb_survives_fuzzed_requests(pd_clusters):
+    cluster = pd_clusters("mooncake")
+
+    @settings(FUZZ, max_examples=150)
+    @given(calls(LB_ROUTES))
+    def fuzz(call):
+        check_call(cluster.url, *call)
+
+    fuzz()
+    r = requests.post(cluster.url + "/generate", json={
+        "text": "Once upon a time", "sampling_params": {"max_new_tokens": 4, "temperature": 0}},
+        timeout=60)
+    assert r.status_code == 200 and r.json()["meta_info"]["completion_tokens"] == 4
+    for p in cluster.prefills + cluster.decodes:
+        still_serves(p.url)
