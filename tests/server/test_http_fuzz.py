@@ -131,6 +131,16 @@ def still_serves(url: str) -> None:
     assert_pool_whole(url)
 
 
+def cluster_still_serves(cluster) -> None:
+    """A normal request through the cluster's mini_lb answers; every server healthy and whole."""
+    r = requests.post(cluster.url + "/generate", json={
+        "text": "Once upon a time", "sampling_params": {"max_new_tokens": 4, "temperature": 0}},
+        timeout=60)
+    assert r.status_code == 200 and r.json()["meta_info"]["completion_tokens"] == 4
+    for p in cluster.prefills + cluster.decodes:
+        still_serves(p.url)
+
+
 FUZZ = settings(max_examples=300, deadline=None, derandomize=True, database=None,
                 suppress_health_check=list(HealthCheck))
 
@@ -165,12 +175,7 @@ def test_pd_server_survives_fuzzed_requests(pd_clusters, side):
 
     fuzz()
     requests.post(url + "/abort_request", json={"abort_all": True}, timeout=10)
-    r = requests.post(cluster.url + "/generate", json={
-        "text": "Once upon a time", "sampling_params": {"max_new_tokens": 4, "temperature": 0}},
-        timeout=60)
-    assert r.status_code == 200 and r.json()["meta_info"]["completion_tokens"] == 4
-    for p in cluster.prefills + cluster.decodes:
-        still_serves(p.url)
+    cluster_still_serves(cluster)
 
 
 @pytest.mark.parametrize("path", ["/generate", "/v1/completions", "/abort_request"])
@@ -208,9 +213,4 @@ def test_mini_lb_survives_fuzzed_requests(pd_clusters):
         check_call(cluster.url, *call)
 
     fuzz()
-    r = requests.post(cluster.url + "/generate", json={
-        "text": "Once upon a time", "sampling_params": {"max_new_tokens": 4, "temperature": 0}},
-        timeout=60)
-    assert r.status_code == 200 and r.json()["meta_info"]["completion_tokens"] == 4
-    for p in cluster.prefills + cluster.decodes:
-        still_serves(p.url)
+    cluster_still_serves(cluster)
