@@ -18,6 +18,7 @@ engine / transformers. Targets: decode@32 >= 2x, decode@1 and prefill >= 1x.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import random
 import statistics
@@ -55,9 +56,14 @@ WORKLOADS = [  # name, batch, prompt length, new tokens
 
 def rates(name: str, batch: int, plen: int, new: int, t_first: float, t_all: float
           ) -> dict[str, float]:
+    """Decode rate from two runs of the same prompts: ``t_first`` (prompt and first token) and
+    ``t_all`` (all ``new`` tokens). When the machine slowed down during the first run so much
+    that it took as long as the whole second one, the difference measures nothing: the rate is
+    NaN and ``bench`` leaves that rep out (it printed 1e12 tok/s before)."""
     if name == "prefill":
         return {name: batch * plen / t_first}
-    return {name: batch * (new - 1) / max(t_all - t_first, 1e-9),
+    decode = t_all - t_first
+    return {name: batch * (new - 1) / decode if decode > 0.05 * t_all else math.nan,
             name + " e2e": batch * new / t_all}
 
 
@@ -123,6 +129,10 @@ def bench(runners: list, vocab: int, reps: int) -> tuple[dict, dict]:
         for rep in range(reps):
             ids = prompts(batch, plen, vocab, seed=1000 * rep + batch)
             got = [rates(name, batch, plen, new, r.run(ids, 1), r.run(ids, new)) for r in runners]
+            if any(math.isnan(v) for g in got for v in g.values()):
+                print(f"  {name} rep {rep}: left out (a first-token run took as long as the "
+                      "whole generation: the machine slowed down)", flush=True)
+                continue
             for r, g in zip(runners, got):
                 for key, v in g.items():
                     rates_by[r.name].setdefault(key, []).append(v)
@@ -130,8 +140,8 @@ def bench(runners: list, vocab: int, reps: int) -> tuple[dict, dict]:
                 ratios.setdefault(key, []).append(got[0][key] / got[1][key])
             print(f"  {name} rep {rep}: " + ", ".join(
                 f"{r.name} {g[name]:.1f} tok/s" for r, g in zip(runners, got)), flush=True)
-    med = {n: {k: statistics.median(v) for k, v in m.items()} for n, m in rates_by.items()}
-    return med, {k: statistics.median(v) for k, v in ratios.items()}
+    med = {n: {k: statistics.median(v) for k, v in m.items() if v} for n, m in rates_by.items()}
+    return med, {k: statistics.median(v) for k, v in ratios.items() if v}
 
 
 def main() -> None:
