@@ -18,6 +18,7 @@ engine / transformers. Targets: decode@32 >= 2x, decode@1 and prefill >= 1x.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import random
@@ -150,16 +151,20 @@ def main() -> None:
     ap.add_argument("--model-path", default=None)
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--reps", type=int, default=None, help="default 5 (2 with --quick)")
+    ap.add_argument("--quick", action="store_true",
+                    help="CI smoke run: the tiny model, 2 reps (checks that it runs; its ratios "
+                         "mean little)")
     ap.add_argument("--threads", type=int, default=0,
                     help="torch CPU threads for both (0: torch's default)")
     args = ap.parse_args()
+    if args.quick and args.preset == "smollm2-135m" and not args.model_path:
+        args.preset = "tiny"
+    args.reps = args.reps or (2 if args.quick else 5)
     if args.threads:
         os.environ["SGLANG_CPU_THREADS"] = str(args.threads)  # the engine's scheduler process
         torch.set_num_threads(args.threads)  # transformers, in this process
     path = args.model_path or model_dir(args.preset)
-    import json
-
     vocab = json.load(open(Path(path) / "config.json"))["vocab_size"]
     print(f"model {path} dtype {args.dtype} device {args.device} "
           f"threads {torch.get_num_threads()} OMP_WAIT_POLICY {os.environ['OMP_WAIT_POLICY']} "
@@ -181,6 +186,11 @@ def main() -> None:
         mark = "" if target is None else ("ok" if ratio >= target else "BELOW")
         tgt = f"{target:>7.1f}x" if target else " " * 8
         print(f"{name:<15}{eng[name]:>14.1f}{hf[name]:>20.1f}{ratio:>7.2f}x{tgt}  {mark}")
+    print(json.dumps({"metric": "engine_over_transformers", "model": path, "dtype": args.dtype,
+                      "device": args.device, **{
+                          name: {"engine_tok_s": round(eng[name], 2),
+                                 "transformers_tok_s": round(hf[name], 2),
+                                 "ratio": round(ratios[name], 3)} for name in eng}}), flush=True)
 
 
 if __name__ == "__main__":

@@ -143,7 +143,9 @@ def kv_handoff(cluster: PDCluster, unified: str, lengths: list[int], reps: int,
     return rows, first
 
 
-def print_handoff(backend: str, rows: list[dict], first: dict[str, Any]) -> None:
+def print_handoff(backend: str, rows: list[dict], first: dict[str, Any]) -> dict[str, Any]:
+    """Prints the table; returns its medians per prompt length for the JSON line."""
+    summary: dict[str, Any] = {}
     lengths = sorted({r["len"] for r in rows})
     print(f"\n[KV handoff] backend={backend}, 1P1D via mini_lb (unified server: same prompt "
           f"just after), medians of {len(rows) // len(lengths)} fresh prompts per length")
@@ -157,11 +159,16 @@ def print_handoff(backend: str, rows: list[dict], first: dict[str, Any]) -> None
         print(f"{n:>7}{med['ttft'] * 1e3:>9.1f}{med['unif'] * 1e3:>9.1f}{int(med['bytes']):>11}"
               f"{int(med['blocks']):>7}{med['seconds'] * 1e3:>9.2f}{gbs:>7.3f}"
               f"{med['seconds'] / med['ttft'] * 100:>9.1f}%" + ("" if ok else "  (!) counts"))
+        summary[str(n)] = {"ttft_ms": round(med["ttft"] * 1e3, 2),
+                           "unified_ttft_ms": round(med["unif"] * 1e3, 2),
+                           "bytes": int(med["bytes"]), "xfer_ms": round(med["seconds"] * 1e3, 3),
+                           "gbps": round(gbs, 3)}
     print(f"  first transfer of the cluster (32 tokens, opens connections): "
           f"{first['seconds'] * 1e3:.1f} ms for {first['bytes']} bytes, TTFT "
           f"{first['ttft'] * 1e3:.1f} ms")
     ms = ", ".join(f"{r['seconds'] * 1e3:.1f}" for r in rows)
     print(f"  per-request transfer ms, in order: {ms}")
+    return summary
 
 
 # ---- 2. Why PD ----------------------------------------------------------------------------
@@ -281,6 +288,8 @@ def main() -> None:
           f"{args.threads} per server process; logs in {log_dir}", flush=True)
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM cleans up as Ctrl-C
     t_start = time.time()
+    handoff: dict[str, Any] = {}
+    itl: dict[str, dict[str, Any]] = {}
     live: list[Any] = []  # every server or cluster still running, stopped in finally
     try:
         unified = launch_server(path, log_dir, "unified", flags, env)
@@ -289,13 +298,14 @@ def main() -> None:
         print(f"KV bytes/token: {info['kv_bytes_per_token']} ({info['dtype']}; a 16-token page "
               f"= {info['kv_bytes_per_token'] * 16} bytes)", flush=True)
         new_tokens, interval = calibrate(unified.url, prompts, long_len, n_long, min_tokens)
-        itl = {"unified": itl_under_load(unified.url, prompts, new_tokens, long_len, n_long,
-                                         interval)}
+        itl["unified"] = itl_under_load(unified.url, prompts, new_tokens, long_len, n_long,
+                                        interval)
         for backend in backends:  # the unified server stays up, idle, for side-by-side TTFT
             cluster = launch_pd_cluster(path, f"{log_dir}/{backend}", backend, args=flags,
                                         env=env)
             live.append(cluster)
-            print_handoff(backend, *kv_handoff(cluster, unified.url, lengths, reps, prompts))
+            handoff[backend] = print_handoff(
+                backend, *kv_handoff(cluster, unified.url, lengths, reps, prompts))
             itl[f"1P1D {backend}"] = itl_under_load(cluster.url, prompts, new_tokens, long_len,
                                                    n_long, interval, cluster.prefills[0])
             cluster.stop()
@@ -307,6 +317,10 @@ def main() -> None:
             x.stop()  # idempotent: a stopped process is skipped
         stop_own_children()
     print(f"\ntotal {time.time() - t_start:.0f} s", flush=True)
+    itl_ms = {name: {k: round(r[k] * 1e3, 2) for k in ("mean", "p50", "p99", "max")}
+              for name, r in itl.items()}
+    print(json.dumps({"metric": "bench_pd", "kv_handoff": handoff, "itl_ms": itl_ms,
+                      "wall_s": round(time.time() - t_start, 1)}), flush=True)
 
 
 if __name__ == "__main__":
