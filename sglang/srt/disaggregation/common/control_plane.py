@@ -5,8 +5,8 @@ used closed first), so messages naming many made-up peers cannot exhaust file de
 
 The PULL socket binds where the server's --host says (every interface for a wildcard) and is
 advertised as ``host`` (the manager's advertised address: --host itself, or this machine's
-routable IP for a wildcard). It has no authentication: every message is validated (messages.decode) and a peer
-can only touch rooms it owns.
+routable IP for a wildcard). It has no authentication: every message is validated
+(messages.decode) and a peer can only touch rooms it owns.
 """
 
 from __future__ import annotations
