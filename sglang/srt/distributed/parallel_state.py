@@ -77,7 +77,11 @@ def init_tp_group(rank: int, size: int, init_method: str, device: str = "cpu",
     world = dist.group.WORLD
     cpu_group = world if backend == gloo else dist.new_group(backend=gloo)
     _TP = _TPGroup(rank, size, world, cpu_group)
-    where = f", gloo on {host}" if gloo == GLOO_HOST else ""
+    where = ""
+    if gloo == GLOO_HOST:
+        where = f", gloo on {host}"
+    elif host:
+        where = f", gloo on GLOO_SOCKET_IFNAME={os.environ['GLOO_SOCKET_IFNAME']}"
     logger.info("TP rank %d of %d joined (%s, %s%s), pid %d", rank, size, backend, init_method,
                 where, os.getpid())
 
