@@ -43,8 +43,8 @@ __all__ = ["CommonKVManager", "TransferFailed"]
 
 class CommonKVManager(BaseKVManager):
     """``KVArgs.extra`` options: ``start_bootstrap_server`` (prefill, default True),
-    ``bootstrap_host`` (where that server binds: the server's --host; default
-    ``local_host``, the address this manager advertises), ``bootstrap_secret`` (what this
+    ``bootstrap_host`` (where that server and the control socket bind: the server's --host;
+    default ``local_host``, the address this manager advertises), ``bootstrap_secret`` (what this
     rank's registration carries when another process runs the bootstrap server; default
     SGLANG_DISAGGREGATION_BOOTSTRAP_SECRET)."""
 
