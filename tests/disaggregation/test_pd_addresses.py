@@ -37,17 +37,19 @@ PROMPTS = ["Once upon a time", STORY + "One day", STORY + "The mill", "Hello, my
 
 @pytest.fixture(scope="module")
 def pair(tiny_model, log_dir):
-    logs, bport = f"{log_dir}/pd-addresses", free_port(PREFILL_IP)
-    procs = []
-    try:
-        port = free_port(PREFILL_IP)
-        procs.append(start("prefill", [
+    logs, bport, port = f"{log_dir}/pd-addresses", free_port(PREFILL_IP), free_port(PREFILL_IP)
+    with ThreadPoolExecutor(2) as ex:  # the two start side by side (a few seconds saved)
+        futs = [ex.submit(start, "prefill", [
             "-m", "sglang.launch_server", "--model-path", tiny_model, *ARGS,
             "--disaggregation-mode", "prefill", "--disaggregation-bootstrap-port", str(bport),
             "--host", "0.0.0.0", "--port", str(port)],
-            f"http://{PREFILL_IP}:{port}", logs, env={"SGLANG_HOST_IP": PREFILL_IP}))
-        procs.append(launch_server(tiny_model, logs, "decode", [
-            *ARGS, "--disaggregation-mode", "decode"], host=DECODE_IP))
+            f"http://{PREFILL_IP}:{port}", logs, {"SGLANG_HOST_IP": PREFILL_IP}),
+            ex.submit(launch_server, tiny_model, logs, "decode",
+                      [*ARGS, "--disaggregation-mode", "decode"], host=DECODE_IP)]
+    procs = [f.result() for f in futs if f.exception() is None]
+    try:
+        for f in futs:
+            f.result()  # a start-up failure of either
         lb_port = free_port()
         procs.append(start("mini_lb", [
             "-m", "sglang.srt.disaggregation.mini_lb", "--host", "127.0.0.1",
