@@ -1,15 +1,19 @@
 """The address a server tells its peers (``utils.network.advertised_host``, SGLang's
 ``get_local_ip_auto`` for a wildcard) and where it binds (``bind_host``): pure logic, with the
-machine's routes and hostname replaced where a test needs a given answer."""
+machine's routes and hostname replaced where a test needs a given answer; then a PD manager's
+real ZMQ control socket, bound where --host says and named by the advertised address."""
 
 from __future__ import annotations
 
 import logging
+import queue
 import socket
 
 import psutil
 import pytest
 
+from sglang.srt.disaggregation.common.control_plane import ControlPlane
+from sglang.srt.disaggregation.common.messages import PingMsg
 from sglang.srt.utils import network
 from sglang.srt.utils.network import (
     advertised_host,
@@ -88,3 +92,25 @@ def test_this_machines_answer_is_one_of_its_addresses():
     assert ip in own
     if network.route_ip() is not None:
         assert not ip.startswith("127.")
+
+
+def test_control_socket_binds_where_host_says_and_advertises_the_address():
+    """A manager's ZMQ PULL socket: bound to --host (every interface for a wildcard), named by
+    the advertised address in every message's ``peer``; a message sent there arrives."""
+    got: queue.Queue = queue.Queue()
+    wild = ControlPlane("127.0.0.2", got.put, bind="0.0.0.0")
+    own = ControlPlane("127.0.0.3", got.put)  # bind: the advertised address itself
+    try:
+        assert wild.endpoint == f"127.0.0.2:{wild.port}" and own.endpoint.startswith("127.0.0.3:")
+        mine = {(c.laddr.ip, c.laddr.port) for c in psutil.Process().net_connections("inet")
+                if c.status == psutil.CONN_LISTEN}
+        assert {("0.0.0.0", wild.port), ("127.0.0.3", own.port)} <= mine
+        wild.start()
+        own.start()
+        assert own.send(wild.endpoint, PingMsg(own.endpoint))
+        assert wild.send(own.endpoint, PingMsg(wild.endpoint))
+        peers = {got.get(timeout=5).peer, got.get(timeout=5).peer}
+        assert peers == {own.endpoint, wild.endpoint}
+    finally:
+        wild.close()
+        own.close()
