@@ -85,6 +85,7 @@ def test_pair_on_two_addresses_answers_as_unified(pair, unified):
 
 def test_every_advertised_address_is_the_servers_own(pair):
     prefill, decode, lb, bport = pair
+    _generate(lb.url, "Hello")  # the decode has registered at the prefill (also when run alone)
     r = requests.get(f"http://{PREFILL_IP}:{bport}/route?engine_rank=0", timeout=10)
     assert r.status_code == 200, r.text
     reg = r.json()
@@ -94,7 +95,7 @@ def test_every_advertised_address_is_the_servers_own(pair):
     # the decode's own view, and the prefill's record of its registration (its log)
     dinfo = requests.get(decode.url + "/get_server_info", timeout=10).json()
     assert dinfo["internal_states"][0]["disaggregation"]["session_id"].startswith(f"{DECODE_IP}:")
-    seen = re.findall(r"Decode (\S+) registered its KV memory \((.*)\)", prefill.log_tail(400))
+    seen = re.findall(r"Decode (\S+) registered its KV memory \((.*)\)", prefill.log_tail(10**6))
     assert seen, prefill.log_tail(40)
     endpoint, transfer = seen[-1]
     assert endpoint.startswith(f"{DECODE_IP}:"), seen
