@@ -14,6 +14,7 @@ import sys
 import threading
 
 from sglang.srt.server_args import ServerArgs, prepare_server_args
+from sglang.srt.utils.network import advertised_url
 
 logger = logging.getLogger("sglang")
 
@@ -48,7 +49,8 @@ def launch_server(args: ServerArgs) -> None:
         state.set_engine(tm, handle.proc)
         logger.info(
             "serving %s on %s (mode=%s, device=%s, KV pool %d tokens, context %d)",
-            args.served_model_name, args.url, args.disaggregation_mode, info["device"],
+            args.served_model_name, advertised_url(args.host, args.port),
+            args.disaggregation_mode, info["device"],
             info["max_total_num_tokens"], info["context_length"],
         )
 

@@ -19,8 +19,8 @@ from pathlib import Path
 SGLANG = Path(__file__).resolve().parents[1] / "sglang"
 
 LAYERS: list[tuple[str, set[str]]] = [  # bottom to top
-    ("bottom", {"sglang.srt.base_types", "sglang.version"}),
-    ("utils", {"sglang.srt.env", "sglang.srt.utils"}),
+    ("bottom", {"sglang.srt.base_types", "sglang.version", "sglang.srt.env"}),
+    ("utils", {"sglang.srt.utils"}),
     ("distributed", {"sglang.srt.distributed"}),
     ("leaves", {"sglang.srt.sampling", "sglang.srt.chat_templates", "sglang.srt.unsupported_flags",
                 "sglang.srt.configs", "sglang.srt.mem_cache", "sglang.srt.metrics"}),

@@ -60,6 +60,12 @@ class _Env:
         return os.environ.get("SGLANG_DISAGGREGATION_BOOTSTRAP_SECRET", "")
 
     @property
+    def host_ip(self) -> str:
+        """The address this machine's servers advertise to peers when their --host is a
+        wildcard (SGLang's SGLANG_HOST_IP, then HOST_IP); empty: found from the routes."""
+        return (os.environ.get("SGLANG_HOST_IP") or os.environ.get("HOST_IP") or "").strip()
+
+    @property
     def transfer_timeout(self) -> float:
         """Prefill: longest wait for one transfer-engine write to complete before it fails."""
         return _float("SGLANG_DISAGGREGATION_TRANSFER_TIMEOUT", 120.0)

@@ -87,11 +87,12 @@ def start(name: str, argv: list[str], url: str, log_dir: str, env: Optional[dict
 
 
 def launch_server(model_path: str, log_dir: str, name: str = "server",
-                  args: Optional[list[str]] = None, env: Optional[dict] = None) -> Proc:
-    port = free_port()
+                  args: Optional[list[str]] = None, env: Optional[dict] = None,
+                  host: str = "127.0.0.1") -> Proc:
+    port = free_port(host)
     argv = ["-m", "sglang.launch_server", "--model-path", model_path, "--port", str(port),
-            "--host", "127.0.0.1", *(args or [])]
-    return start(name, argv, f"http://127.0.0.1:{port}", log_dir, env)
+            "--host", host, *(args or [])]
+    return start(name, argv, f"http://{host}:{port}", log_dir, env)
 
 
 @dataclass

@@ -2,8 +2,8 @@
 reference server: same greedy answers for concurrent requests that chunk (prompts longer than
 the 32-token chunk) and hit the prefix cache, tp_size in /get_server_info, the KV pool whole
 afterwards; then a rank killed makes the server answer 503 instead of hanging. Two simulated
-nodes (``--nnodes 2``, each on its own loopback address) serve the same answers, and node 1
-exits once node 0 is gone."""
+nodes (``--nnodes 2``, each on its own loopback address) serve the same answers, their gloo ranks
+listen on their node's address (none on 127.0.0.1), and node 1 exits once node 0 is gone."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import psutil
 import pytest
 import requests
 from pool_checks import assert_pool_whole
@@ -85,6 +86,12 @@ def test_killed_rank_makes_the_server_answer_503(tp2):
         os.kill(int(pids["0"]), 0)  # rank 0 exited too
 
 
+def _listeners(pid: int) -> set[tuple[str, int]]:
+    root = psutil.Process(pid)
+    return {(c.laddr.ip, c.laddr.port) for p in (root, *root.children(recursive=True))
+            for c in p.net_connections("inet") if c.status == psutil.CONN_LISTEN}
+
+
 def test_two_nodes_answer_as_one(tiny_model, log_dir, unified):
     dist = f"127.0.0.2:{free_port('127.0.0.2')}"
     nodes = []
@@ -102,6 +109,11 @@ def test_two_nodes_answer_as_one(tiny_model, log_dir, unified):
         info = requests.get(node0.url + "/get_server_info", timeout=10).json()
         assert (info["tp_size"], info["nnodes"], info["dist_init_addr"]) == (2, 2, dist)
         assert requests.post(node1.url + "/generate", json={"text": "hi"}).status_code == 404
+        for node, host in ((node0, "127.0.0.2"), (node1, "127.0.0.3")):
+            socks = _listeners(node.popen.pid)
+            assert not [s for s in socks if s[0] == "127.0.0.1"], socks
+            http_port = int(node.url.rsplit(":", 1)[1])
+            assert [s for s in socks if s[0] == host and s[1] != http_port], socks  # gloo's
         node0.stop()
         deadline = time.time() + 30  # node 1's rank fails its next collective: ~1 s
         while node1.alive() and time.time() < deadline:

@@ -18,7 +18,7 @@ from sglang.srt.disaggregation.common.metadata_buffers import (
 )
 from sglang.srt.disaggregation.utils import FAKE_BOOTSTRAP_HOST, get_kv_class
 from sglang.srt.managers.disagg_protocol import PDContext
-from sglang.srt.utils.network import host_port, reachable_host
+from sglang.srt.utils.network import advertised_host, host_port
 
 if TYPE_CHECKING:
     from sglang.srt.managers.req import Req
@@ -80,10 +80,12 @@ def kv_args_of(ctx: PDContext, aux: tuple[list[int], list[int], list[int]]) -> K
         # the device the pages live on (not --base-gpu-id: on a CPU it means nothing)
         gpu_id=pool.buffer.device.index or 0 if pool.buffer.is_cuda else 0,
         ib_device=args.disaggregation_ib_device,
-        local_host=reachable_host(args.host),
+        # the address peers on other hosts are told (registration, control endpoint, engine
+        # session): --host itself, or this machine's routable IP when --host is a wildcard
+        local_host=advertised_host(args.host),
         bootstrap_port=args.disaggregation_bootstrap_port,
-        # the bootstrap server listens where --host says (0.0.0.0: every interface), while
-        # local_host is the address peers are told to reach
+        # the bootstrap server and the control socket listen where --host says (0.0.0.0:
+        # every interface)
         extra={"bootstrap_host": args.host},
     )
 

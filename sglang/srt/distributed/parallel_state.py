@@ -6,6 +6,13 @@ rank is 0 of 1 and every collective returns its input untouched, so a tp=1 serve
 collective at all. ``head_split`` is SGLang's split of attention heads: query heads divide
 evenly; KV heads divide when there are at least as many as ranks, else each rank holds one and
 ``tp_size / num_kv_heads`` ranks share (replicate) it.
+
+Over several nodes (``host`` given) gloo talks over the node's own address: torch's gloo picks
+the address of the machine's hostname (or the interfaces named by GLOO_SOCKET_IFNAME, which
+takes an interface name, not an address), and ``init_process_group`` ignores gloo's
+``pg_options`` (torch 2.13), so the group is built by a registered backend, ``gloo_host``, that
+is torch's ProcessGroupGloo with one TCP device bound to ``host``. GLOO_SOCKET_IFNAME, when set,
+wins (torch's own gloo then).
 """
 
 from __future__ import annotations
@@ -33,21 +40,50 @@ class _TPGroup:
 _TP: Optional[_TPGroup] = None
 
 
+GLOO_HOST = "gloo_host"
+_gloo_host: Optional[str] = None  # the address gloo_host's devices bind (one per process)
+
+
+def _make_gloo_host(store: Any, rank: int, size: int, timeout: datetime.timedelta) -> Any:
+    opts = dist.ProcessGroupGloo._Options()
+    opts._devices = [dist.ProcessGroupGloo.create_device(hostname=_gloo_host)]
+    opts._timeout = timeout
+    return dist.ProcessGroupGloo(store, rank, size, opts)
+
+
+def gloo_backend(host: Optional[str]) -> str:
+    """The gloo backend to use for ranks talking over ``host`` (None: torch's default)."""
+    global _gloo_host
+    if not host or os.environ.get("GLOO_SOCKET_IFNAME"):
+        return "gloo"
+    _gloo_host = host
+    if not hasattr(dist.Backend, GLOO_HOST.upper()):
+        dist.Backend.register_backend(GLOO_HOST, _make_gloo_host, devices=["cpu"])
+    return GLOO_HOST
+
+
 def init_tp_group(rank: int, size: int, init_method: str, device: str = "cpu",
-                  timeout_s: float = 600.0) -> None:
-    """Join the server's group (``init_method`` e.g. ``tcp://127.0.0.1:PORT``). tp=1: no-op."""
+                  timeout_s: float = 600.0, host: Optional[str] = None) -> None:
+    """Join the server's group (``init_method`` e.g. ``tcp://127.0.0.1:PORT``). tp=1: no-op.
+    ``host``: the address this node's gloo ranks listen on (several nodes)."""
     global _TP
     if size == 1:
         _TP = None
         return
-    backend = "nccl" if device == "cuda" else "gloo"
+    gloo = gloo_backend(host)
+    backend = "nccl" if device == "cuda" else gloo
     dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=size,
                             timeout=datetime.timedelta(seconds=timeout_s))
     world = dist.group.WORLD
-    cpu_group = world if backend == "gloo" else dist.new_group(backend="gloo")
+    cpu_group = world if backend == gloo else dist.new_group(backend=gloo)
     _TP = _TPGroup(rank, size, world, cpu_group)
-    logger.info("TP rank %d of %d joined (%s, %s), pid %d", rank, size, backend, init_method,
-                os.getpid())
+    where = ""
+    if gloo == GLOO_HOST:
+        where = f", gloo on {host}"
+    elif host:
+        where = f", gloo on GLOO_SOCKET_IFNAME={os.environ['GLOO_SOCKET_IFNAME']}"
+    logger.info("TP rank %d of %d joined (%s, %s%s), pid %d", rank, size, backend, init_method,
+                where, os.getpid())
 
 
 def destroy_tp_group() -> None:

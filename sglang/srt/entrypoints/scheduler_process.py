@@ -21,6 +21,7 @@ from sglang.srt.managers.io_struct import SchedulerReady
 from sglang.srt.managers.scheduler import Scheduler
 from sglang.srt.server_args import ServerArgs
 from sglang.srt.utils.device import resolve_device
+from sglang.srt.utils.network import advertised_host
 
 logger = logging.getLogger(__name__)
 
@@ -47,8 +48,10 @@ def run_scheduler_process(
             device = resolve_device(args.device)
             if device == "cuda":  # NCCL binds each rank to its GPU
                 torch.cuda.set_device(args.base_gpu_id + tp_rank)
+            # several nodes: the ranks' gloo traffic goes over this node's address
+            node_host = advertised_host(args.host) if args.nnodes > 1 else None
             init_tp_group(tp_rank, args.tp_size, dist_init_method, device,
-                          timeout_s=max(args.watchdog_timeout, 60.0))
+                          timeout_s=max(args.watchdog_timeout, 60.0), host=node_host)
             if device == "cpu" and not envs.num_threads:  # the ranks share the cores
                 torch.set_num_threads(max(1, (os.cpu_count() or 1) // args.tp_size))
         sched = Scheduler(args, make_disagg=make_pd_layer, tp_rank=tp_rank)

@@ -3,9 +3,10 @@ sockets to peers. Sends are thread-safe and never block (a full or dead peer dro
 message and the send reports False). At most MAX_PEERS sockets stay cached (least recently
 used closed first), so messages naming many made-up peers cannot exhaust file descriptors.
 
-The PULL socket binds to the host this manager advertises (the server's --host; 127.0.0.1 for
-0.0.0.0). It has no authentication: every message is validated (messages.decode) and a peer
-can only touch rooms it owns.
+The PULL socket binds where the server's --host says (every interface for a wildcard) and is
+advertised as ``host`` (the manager's advertised address: --host itself, or this machine's
+routable IP for a wildcard). It has no authentication: every message is validated
+(messages.decode) and a peer can only touch rooms it owns.
 """
 
 from __future__ import annotations
@@ -13,12 +14,13 @@ from __future__ import annotations
 import logging
 import threading
 from collections import OrderedDict
-from typing import Callable
+from typing import Callable, Optional
 
 import zmq
 
 from sglang.srt.disaggregation.common import messages
 from sglang.srt.disaggregation.common.messages import Message
+from sglang.srt.utils.network import bind_host, bracket_host
 
 logger = logging.getLogger(__name__)
 
@@ -26,16 +28,21 @@ MAX_PEERS = 256
 
 
 class ControlPlane:
-    def __init__(self, host: str, on_message: Callable[[Message], None]):
+    def __init__(self, host: str, on_message: Callable[[Message], None],
+                 bind: Optional[str] = None):
+        """``host``: the address peers are told; ``bind``: the server's --host (default
+        ``host``)."""
         self.host = host
         self._on_message = on_message
         self._ctx = zmq.Context()
         self._pull = self._ctx.socket(zmq.PULL)
         self._pull.setsockopt(zmq.LINGER, 0)
         self._pull.setsockopt(zmq.MAXMSGSIZE, messages.MAX_FRAME)  # bigger: peer disconnected
-        bind_host = "0.0.0.0" if host in ("", "0.0.0.0") else host
-        self.port = self._pull.bind_to_random_port(f"tcp://{bind_host}")
-        self.endpoint = f"{host}:{self.port}"
+        where = bind_host(host if bind is None else bind)
+        if ":" in where:
+            self._pull.setsockopt(zmq.IPV6, 1)
+        self.port = self._pull.bind_to_random_port(f"tcp://{bracket_host(where)}")
+        self.endpoint = f"{bracket_host(host)}:{self.port}"
         self._push: OrderedDict[str, zmq.Socket] = OrderedDict()
         self._send_lock = threading.Lock()
         self._stop = threading.Event()

@@ -45,6 +45,7 @@ from sglang.srt.disaggregation.common.messages import (
 )
 from sglang.srt.disaggregation.common.room_table import ReceiverRoom, RoomTable
 from sglang.srt.env import envs
+from sglang.srt.utils.network import bracket_host
 
 if TYPE_CHECKING:
     from sglang.srt.disaggregation.common.manager import CommonKVManager
@@ -116,7 +117,7 @@ class DecodeSide:
                     "Prefill %s keeps its KV on %s, this decode on %s: the transfer engine "
                     "must be built for both", addr, info.get("device"), self.mgr.args.device,
                 )
-            info["endpoint"] = f"{info['rank_ip']}:{info['rank_port']}"
+            info["endpoint"] = f"{bracket_host(info['rank_ip'])}:{info['rank_port']}"
             self.mgr.control.forget(info["endpoint"])  # a restarted prefill: fresh socket
             if not self.mgr.control.send(info["endpoint"], self.mgr.registration()):
                 raise PrefillUnavailable(f"could not reach prefill manager {info['endpoint']}")

@@ -34,6 +34,7 @@ from sglang.srt.disaggregation.common.room_table import PeerInfo
 from sglang.srt.disaggregation.common.transfer_worker import TransferFailed
 from sglang.srt.disaggregation.common.utils import Blocks
 from sglang.srt.env import envs
+from sglang.srt.utils.network import host_port
 
 logger = logging.getLogger(__name__)
 
@@ -42,8 +43,8 @@ __all__ = ["CommonKVManager", "TransferFailed"]
 
 class CommonKVManager(BaseKVManager):
     """``KVArgs.extra`` options: ``start_bootstrap_server`` (prefill, default True),
-    ``bootstrap_host`` (where that server binds: the server's --host; default
-    ``local_host``, the address this manager advertises), ``bootstrap_secret`` (what this
+    ``bootstrap_host`` (where that server and the control socket bind: the server's --host;
+    default ``local_host``, the address this manager advertises), ``bootstrap_secret`` (what this
     rank's registration carries when another process runs the bootstrap server; default
     SGLANG_DISAGGREGATION_BOOTSTRAP_SECRET)."""
 
@@ -59,7 +60,8 @@ class CommonKVManager(BaseKVManager):
         self.decode: Optional[DecodeSide] = None
         self._closed = False
         self._init_engine()
-        self.control = ControlPlane(args.local_host, self._on_message)
+        self.control = ControlPlane(args.local_host, self._on_message,
+                                    args.extra.get("bootstrap_host"))
         self.endpoint = self.control.endpoint
         if mode == "prefill":
             self.prefill = PrefillSide(self)
@@ -104,7 +106,10 @@ class CommonKVManager(BaseKVManager):
             secret = self.bootstrap_server.secret
         else:
             secret = self.args.extra.get("bootstrap_secret") or envs.bootstrap_secret
-        register_prefill(f"{self.args.local_host}:{self.args.bootstrap_port}", info, secret)
+        # dialed from this machine: the bootstrap server's own bind address (loopback for a
+        # wildcard), or the advertised one where another process runs it
+        where = self.args.extra.get("bootstrap_host") or self.args.local_host
+        register_prefill(host_port(where, self.args.bootstrap_port), info, secret)
 
     def registration(self) -> RegisterMsg:
         """Decode side: what the prefill needs to write into this decode's memory."""

@@ -15,6 +15,7 @@ from sglang.srt.disaggregation.lb.health import HealthChecker, Workers
 from sglang.srt.disaggregation.lb.pool import Prefill, ServerPool
 from sglang.srt.disaggregation.lb.proxy import LegError, Proxy, Reply, error_response
 from sglang.srt.disaggregation.lb.route import json_body, route
+from sglang.srt.utils.network import advertised_url, is_wildcard
 
 logger = logging.getLogger("sglang.mini_lb")
 POOL = web.AppKey("pool", ServerPool)
@@ -235,5 +236,8 @@ def main(argv: Optional[list[str]] = None) -> None:
                 args.health, args.breaker, args.max_attempts)  # fmt: skip
     web.run_app(
         build_app(args), host=args.host, port=args.port, handler_cancellation=True,
-        access_log=None, print=lambda *_: logger.info("listening on %s:%d", args.host, args.port),
+        access_log=None, print=lambda *_: logger.info(
+            "listening on %s:%d%s", args.host, args.port,
+            f" (reach it at {advertised_url(args.host, args.port)})"
+            if is_wildcard(args.host) else ""),
     )  # fmt: skip

@@ -2,7 +2,8 @@
 
 P2P handshake mode: no metadata server; a peer is addressed by its session id "host:rpc_port".
 
-Exposure: the session id advertises the server's --host, but Mooncake (0.3.x) binds its
+Exposure: the session id advertises the server's address (its --host, or this machine's routable
+IP for a wildcard: ``utils.network.advertised_host``), but Mooncake (0.3.x) binds its
 handshake/RPC port on 0.0.0.0 and its TCP data port on every interface whatever that host is
 (MC_TCP_BIND_ADDRESS does not change them here); restrict them with a firewall, or use RDMA
 (MC_RDMA_BIND_ADDRESS) where the NIC allows.
@@ -17,6 +18,7 @@ from typing import Optional, Sequence
 
 from sglang.srt.disaggregation.common.transfer_worker import TransferFailed
 from sglang.srt.disaggregation.common.utils import Blocks, batched, merge_adjacent
+from sglang.srt.utils.network import bracket_host
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +77,7 @@ class MooncakeTransferEngine:
                 f"Mooncake TransferEngine.initialize({host!r}, 'P2PHANDSHAKE', "
                 f"{self.protocol!r}, {self.device!r}) failed with code {rc}"
             )
-        self.session_id = f"{host}:{self.engine.get_rpc_port()}"
+        self.session_id = f"{bracket_host(host)}:{self.engine.get_rpc_port()}"
         self._registered: list[tuple[int, int]] = []
 
     def register(self, ptrs: Sequence[int], lens: Sequence[int]) -> None:
