@@ -90,6 +90,8 @@ def check_health(addr: str, timeout: float = 2.0) -> Optional[str]:
 def compat_problem(prefill: dict[str, Any], decode: dict[str, Any]) -> Optional[str]:
     """The first difference that makes the prefill's KV unusable here, as a message naming
     both values and the fix; None if they match."""
+    tp = (prefill.get("tp_size", 1), decode.get("tp_size", 1))
+    sizes = "" if tp == (1, 1) else f" (prefill --tp-size {tp[0]}, decode --tp-size {tp[1]})"
     checks = [
         ("backend", "transfer backend", "--disaggregation-transfer-backend"),
         ("page_size", "page size", "--page-size"),
@@ -99,19 +101,22 @@ def compat_problem(prefill: dict[str, Any], decode: dict[str, Any]) -> Optional[
     for key, what, flag in checks:
         p, d = prefill.get(key), decode.get(key)
         if p != d:
-            return f"{what} differs: prefill {p}, decode {d}; start both with the same {flag}"
+            return (f"{what} differs: prefill {p}, decode {d}{sizes}; start both with the same "
+                    f"{flag}")
     p_shape, d_shape = prefill.get("model_shape", {}), decode.get("model_shape", {})
     for key in ("num_layers", "num_kv_heads", "head_dim"):
         p, d = p_shape.get(key), d_shape.get(key)
         if p != d:
             return (
-                f"model shape differs ({key}): prefill {p}, decode {d}; serve the same model "
-                f"on both (--model-path)"
+                f"model shape differs ({key}): prefill {p}, decode {d}{sizes}; serve the same "
+                f"model on both (--model-path)"
             )
-    p, d = prefill.get("kv_item_len"), decode.get("kv_item_len")
-    if p != d:
-        return f"KV page size in bytes differs: prefill {p}, decode {d}; serve the same model"
     p, d = prefill.get("num_kv_regions"), decode.get("num_kv_regions")
     if p != d:
         return f"number of KV regions differs: prefill {p}, decode {d}; serve the same model"
+    if tp != (1, 1):
+        return None  # the page bytes of different head shares: tp_layout.tp_problem checks
+    p, d = prefill.get("kv_item_len"), decode.get("kv_item_len")
+    if p != d:
+        return f"KV page size in bytes differs: prefill {p}, decode {d}; serve the same model"
     return None

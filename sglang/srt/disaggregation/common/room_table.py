@@ -69,7 +69,12 @@ class SenderRoom(RoomState):
 class ReceiverRoom(RoomState):
     """Decode side of a room."""
 
-    prefill_endpoint: str = ""  # the prefill manager's PULL endpoint, known after handshake
+    prefill_endpoint: str = ""  # prefill rank 0's manager (PULL endpoint), after handshake
+    # Every prefill rank this decode rank takes heads from: endpoint -> how many decode ranks it
+    # serves (tp_layout.py; one entry, expecting 1, for same-TP pairs).
+    sources: dict[str, int] = field(default_factory=dict)
+    succeeded: set[str] = field(default_factory=set)  # sources that reported Success
+    acked: set[str] = field(default_factory=set)  # sources that will not write any more
     metadata_sent_at: Optional[float] = None
     num_pages: int = 0
     # The prefill will not write into this room's pages any more (it acknowledged the abort,
@@ -84,6 +89,7 @@ class TransferInfo:
     peer: str
     dst_pages: np.ndarray
     dst_aux_index: int
+    expected: int = 1  # destinations (decode ranks) this room has on this prefill rank
     received: float = field(default_factory=time.monotonic)
 
 
@@ -99,6 +105,12 @@ class PeerInfo:
     aux_item_lens: list[int]
     transfer: dict[str, Any]  # backend's own registration fields
     handle: Any = None  # backend's own handle (e.g. the NIXL remote agent name)
+    # which heads go where (RegisterMsg; num_heads -1: whole pages, same layout)
+    src_head: int = 0
+    dst_head: int = 0
+    num_heads: int = -1
+    dst_num_heads: int = -1
+    sends_aux: bool = True
 
 
 S = TypeVar("S", bound=RoomState)
