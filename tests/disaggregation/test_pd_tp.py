@@ -5,8 +5,9 @@ unified tp1 server's greedy answers, batched, for a prompt longer than the chunk
 repeated prompt (a prefix hit on the prefill); every pool is whole afterwards. A decode sent to a
 prefill it cannot use is refused at the handshake naming both TP sizes, and both keep serving.
 
-Servers are shared: one prefill and one decode server per TP size per engine, each mini_lb
-fronting one pair of them (a prefill serves decodes of any TP size)."""
+Servers are shared: the tp1 servers are the session's 1P1D clusters' (tests/conftest.py); this
+module adds a tp2 prefill and decode on Mooncake and a tp2 prefill on NIXL, and one mini_lb per
+pair (a prefill serves decodes of any TP size)."""
 
 from __future__ import annotations
 
@@ -25,25 +26,31 @@ STORY = ("Once upon a time there was a little robot who lived in a quiet town by
          "Every morning it walked to the harbour and counted the boats. ")
 PROMPTS = ["Hello, my name is", STORY + "One day", STORY * 2 + "In the end"]  # > 32 tokens
 GREEDY = {"temperature": 0, "max_new_tokens": 12}
+# (backend, mode, tp) of the servers this module launches; the tp1 ones are the session's
+# 1P1D clusters' (tests/conftest.py)
+SERVERS = [("mooncake", "prefill", 2), ("mooncake", "decode", 2), ("nixl", "prefill", 2)]
 # (backend, prefill tp, decode tp)
-SERVERS = [("mooncake", "prefill", 2), ("mooncake", "prefill", 1), ("mooncake", "decode", 2),
-           ("mooncake", "decode", 1), ("nixl", "prefill", 2), ("nixl", "decode", 1)]
 PAIRS = [("mooncake", 2, 2), ("mooncake", 2, 1), ("mooncake", 1, 2), ("nixl", 2, 1)]
 
 
 @pytest.fixture(scope="module")
-def tp_servers(tiny_model, log_dir):
+def tp_servers(tiny_model, log_dir, pd_clusters):
     """{(backend, mode, tp): server}, {pair: mini_lb url}, {(backend, tp): bootstrap port}."""
     ports = {(b, tp): free_port() for b, mode, tp in SERVERS if mode == "prefill"}
+    servers = {}
+    for backend in ("mooncake", "nixl"):
+        c = pd_clusters(backend)
+        servers[backend, "prefill", 1], servers[backend, "decode", 1] = c.prefills[0], c.decodes[0]
+        ports[backend, 1] = c.bootstrap_ports[0]
 
     def launch(spec):
         backend, mode, tp = spec
-        port = ports[backend, tp] if mode == "prefill" else ports[backend, 2]
+        port = ports[backend, 2]
         return launch_server(tiny_model, f"{log_dir}/pd-tp", f"{backend}-{mode}-tp{tp}", [
             *ARGS, "--disaggregation-mode", mode, "--disaggregation-transfer-backend", backend,
             "--disaggregation-bootstrap-port", str(port), "--tp-size", str(tp)])
 
-    servers, procs = {}, []
+    procs = []
     try:
         with ThreadPoolExecutor(len(SERVERS)) as ex:
             futs = {spec: ex.submit(launch, spec) for spec in SERVERS}
@@ -51,9 +58,9 @@ def tp_servers(tiny_model, log_dir):
                 try:
                     servers[spec] = f.result()
                     procs.append(servers[spec])
-                except Exception:
-                    pass
-        assert len(servers) == len(SERVERS), [p.log_tail() for p in procs]
+                except Exception as e:
+                    print(f"{spec} did not start: {e}")
+        assert len(procs) == len(SERVERS), "a server did not start (see above)"
 
         def front(pair):
             backend, p_tp, d_tp = pair

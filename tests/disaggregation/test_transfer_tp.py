@@ -115,8 +115,8 @@ def test_different_tp_head_slices_byte_for_byte(backend: str) -> None:
             p2, d1, p1, d2 = [f.result() for f in futs]
         _transfer(p2, d1, f"127.0.0.1:{wide}")  # P tp2 -> D tp1
         _transfer(p1, d2, f"127.0.0.1:{narrow}")  # P tp1 -> D tp2
-        _transfer(p2, d1, f"127.0.0.1:{wide}")  # again, over the same registrations
-
+        if backend != "mooncake":
+            return  # (the handshake does not depend on the engine: checked once)
         # a decode of another model (2 KV heads, not 4): refused, naming both TP sizes
         other = side("decode", wide, 1, layout={**LAYOUT, "num_kv_heads": 2})[0]
         room = random.getrandbits(63) | 1
@@ -125,7 +125,8 @@ def test_different_tp_head_slices_byte_for_byte(backend: str) -> None:
         assert status == KVPoll.Failed
         assert "num_kv_heads): prefill 4, decode 2" in reason, reason
         assert "prefill --tp-size 2, decode --tp-size 1" in reason, reason
-        _transfer(p2, d1, f"127.0.0.1:{wide}")  # the pair still serves
+        _transfer(p2, d1, f"127.0.0.1:{wide}")  # the pair still serves, over the same
+        # registrations
 
 
 @pytest.mark.parametrize("p_tp,d_tp,kv", [(2, 1, 4), (1, 2, 4), (4, 2, 4), (4, 2, 2), (4, 1, 2),

@@ -31,8 +31,8 @@ from sglang.srt.disaggregation.common import faults
 from sglang.srt.disaggregation.common.handshake import (
     HandshakeRefused,
     PrefillUnavailable,
-    compat_problem,
-    fetch_prefill_info,
+    fetch_with_retry,
+    handshake_problem,
 )
 from sglang.srt.disaggregation.common.heartbeat import Heartbeat
 from sglang.srt.disaggregation.common.messages import (
@@ -44,7 +44,7 @@ from sglang.srt.disaggregation.common.messages import (
     StatusMsg,
 )
 from sglang.srt.disaggregation.common.room_table import ReceiverRoom, RoomTable
-from sglang.srt.disaggregation.common.tp_layout import Slice, plan_sources, tp_problem
+from sglang.srt.disaggregation.common.tp_layout import source_plan
 from sglang.srt.env import envs
 
 if TYPE_CHECKING:
@@ -52,7 +52,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-REFUSED_WINDOW = 1.0  # seconds a refused bootstrap port is retried (a restart in progress)
 
 class DecodeSide:
     def __init__(self, mgr: CommonKVManager):
@@ -109,15 +108,8 @@ class DecodeSide:
             info = self._fetch(addr)
             mine = self.mgr.local_info()
             self._check(addr, info, mine)
-            p_tp = int(info.get("tp_size", 1))
-            if p_tp == 1 and mine["tp_size"] == 1:
-                plan = [(Slice(0, 0, 0, -1, True), 1)]  # today's pair: whole pages
-            else:
-                slices, counts = plan_sources(mine["num_heads"], mine["model_shape"]["num_kv_heads"],
-                                              p_tp, mine["tp_size"], mine["tp_rank"])
-                plan = [(sl, counts[sl.prefill_rank]) for sl in slices]
             sources: dict[str, int] = {}
-            for sl, expected in plan:
+            for sl, expected in source_plan(info, mine):
                 rinfo = info if sl.prefill_rank == 0 else self._fetch(addr, sl.prefill_rank)
                 if sl.prefill_rank != 0:
                     self._check(addr, rinfo, mine)
@@ -138,9 +130,7 @@ class DecodeSide:
 
     def _check(self, addr: str, info: dict[str, Any], mine: dict[str, Any]) -> None:
         """HandshakeRefused if the prefill rank's KV cannot fill this decode rank's."""
-        problem = compat_problem(info, mine) or self.mgr.backend_compat_problem(info)
-        if problem is None and (info.get("tp_size", 1) != 1 or mine["tp_size"] != 1):
-            problem = tp_problem(info, mine)
+        problem = handshake_problem(info, mine) or self.mgr.backend_compat_problem(info)
         if problem is not None:
             logger.error("Refusing prefill %s: %s", addr, problem)
             raise HandshakeRefused(f"Prefill {addr} refused at handshake: {problem}")
@@ -151,30 +141,8 @@ class DecodeSide:
             )
 
     def _fetch(self, addr: str, rank: int = 0) -> dict[str, Any]:
-        """GET /route, retried once a second while the prefill is starting (503, timeouts).
-        A refused connection (nothing listens there) is retried only for REFUSED_WINDOW."""
-        attempts = envs.bootstrap_fetch_attempts
-        last: Exception | None = None
-        start = time.monotonic()
-        for i in range(attempts):
-            try:
-                return fetch_prefill_info(addr, rank)
-            except PrefillUnavailable as e:
-                last = e
-                if e.refused and time.monotonic() - start >= REFUSED_WINDOW:
-                    raise PrefillUnavailable(
-                        f"Could not fetch prefill info from {addr}: connection refused for "
-                        f"{time.monotonic() - start:.1f}s ({e}); is the prefill server up and "
-                        f"its --disaggregation-bootstrap-port right?", refused=True) from e
-            pause = 0.2 if last is not None and getattr(last, "refused", False) else 1.0
-            if i + 1 < attempts and self._closing.wait(pause):
-                break  # shutting down
-            if not self.addr_rooms.get(addr):
-                break  # every request for it is gone
-        raise PrefillUnavailable(
-            f"Could not fetch prefill info from {addr} after {attempts} attempts ({last}); "
-            f"is the prefill server up and its --disaggregation-bootstrap-port right?"
-        )
+        return fetch_with_retry(addr, rank, self._closing,
+                                lambda: bool(self.addr_rooms.get(addr)))
 
     def known_prefills(self) -> dict[str, str]:
         """Connected prefills: bootstrap addr -> instance id of its bootstrap server."""

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 import urllib.error
 import urllib.request
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from sglang.srt.disaggregation.common.bootstrap_server import SECRET_HEADER
+from sglang.srt.disaggregation.common.tp_layout import tp_problem
 from sglang.srt.disaggregation.common.utils import http_host
+from sglang.srt.env import envs
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +79,38 @@ def fetch_prefill_info(addr: str, engine_rank: int = 0, timeout: float = 3.0) ->
                                  refused=isinstance(cause, ConnectionRefusedError)) from e
 
 
+REFUSED_WINDOW = 1.0  # seconds a refused bootstrap port is retried (a restart in progress)
+
+
+def fetch_with_retry(addr: str, rank: int, closing: threading.Event,
+                     wanted: Callable[[], bool]) -> dict[str, Any]:
+    """GET /route for ``rank``, retried once a second while the prefill is starting (503,
+    timeouts), until ``closing`` is set or nothing is ``wanted`` any more. A refused connection
+    (nothing listens there) is retried only for REFUSED_WINDOW."""
+    attempts = envs.bootstrap_fetch_attempts
+    last: Exception | None = None
+    start = time.monotonic()
+    for i in range(attempts):
+        try:
+            return fetch_prefill_info(addr, rank)
+        except PrefillUnavailable as e:
+            last = e
+            if e.refused and time.monotonic() - start >= REFUSED_WINDOW:
+                raise PrefillUnavailable(
+                    f"Could not fetch prefill info from {addr}: connection refused for "
+                    f"{time.monotonic() - start:.1f}s ({e}); is the prefill server up and "
+                    f"its --disaggregation-bootstrap-port right?", refused=True) from e
+        pause = 0.2 if last is not None and getattr(last, "refused", False) else 1.0
+        if i + 1 < attempts and closing.wait(pause):
+            break  # shutting down
+        if not wanted():
+            break  # every request for it is gone
+    raise PrefillUnavailable(
+        f"Could not fetch prefill info from {addr} after {attempts} attempts ({last}); "
+        f"is the prefill server up and its --disaggregation-bootstrap-port right?"
+    )
+
+
 def check_health(addr: str, timeout: float = 2.0) -> Optional[str]:
     """The bootstrap server's instance id if it is healthy ("" if it sent none), else None."""
     try:
@@ -85,6 +120,15 @@ def check_health(addr: str, timeout: float = 2.0) -> Optional[str]:
             return r.headers.get("X-Bootstrap-Instance", "")
     except (urllib.error.URLError, OSError):
         return None
+
+
+def handshake_problem(prefill: dict[str, Any], decode: dict[str, Any]) -> Optional[str]:
+    """compat_problem, then (either side at tp > 1) whether the prefill's ranks can fill this
+    decode rank's heads (tp_layout.tp_problem)."""
+    problem = compat_problem(prefill, decode)
+    if problem is None and (prefill.get("tp_size", 1) != 1 or decode.get("tp_size", 1) != 1):
+        problem = tp_problem(prefill, decode)
+    return problem
 
 
 def compat_problem(prefill: dict[str, Any], decode: dict[str, Any]) -> Optional[str]:

@@ -36,10 +36,12 @@ from sglang.srt.disaggregation.common.messages import (
 from sglang.srt.disaggregation.common.peer_probe import PeerProbe
 from sglang.srt.disaggregation.common.room_table import (
     PeerInfo,
+    add_destination,
     RoomTable,
     SenderRoom,
     TransferInfo,
 )
+from sglang.srt.disaggregation.common.tp_layout import slice_problem
 from sglang.srt.disaggregation.common.transfer_worker import Dest, TransferJob, TransferWorkers
 from sglang.srt.env import envs
 
@@ -64,21 +66,8 @@ class PrefillSide:
 
     # ---- control-plane handlers (control thread) -----------------------------------------
     def on_register(self, msg: RegisterMsg) -> None:
-        peer = PeerInfo(
-            endpoint=msg.peer,
-            engine_rank=msg.engine_rank,
-            kv_ptrs=list(msg.kv_ptrs),
-            kv_item_len=msg.kv_item_len,
-            aux_ptrs=list(msg.aux_ptrs),
-            aux_item_lens=list(msg.aux_item_lens),
-            transfer=msg.transfer,
-            src_head=msg.src_head,
-            dst_head=msg.dst_head,
-            num_heads=msg.num_heads,
-            dst_num_heads=msg.dst_num_heads,
-            sends_aux=msg.sends_aux,
-        )
-        problem = self._layout_problem(msg)
+        peer = PeerInfo.of(msg)
+        problem = slice_problem(self.mgr.args, self.mgr.tp_info()["num_local_kv_heads"], msg)
         if problem is not None:
             logger.error("Refusing decode %s: %s", msg.peer, problem)
             return
@@ -95,30 +84,6 @@ class PrefillSide:
         shown = {k: v for k, v in peer.transfer.items() if not isinstance(v, bytes)}
         logger.info("Decode %s registered its KV memory (%s)", msg.peer, shown)
 
-    def _layout_problem(self, msg: RegisterMsg) -> Optional[str]:
-        """Why this decode rank's memory does not fit this prefill rank's pages, or None."""
-        a = self.mgr.args
-        if len(msg.kv_ptrs) != len(a.kv_data_ptrs):
-            return f"{len(msg.kv_ptrs)} KV regions != prefill {len(a.kv_data_ptrs)}"
-        if list(msg.aux_item_lens) != list(a.aux_item_lens):
-            return f"metadata rows {msg.aux_item_lens} != prefill {a.aux_item_lens}"
-        if msg.num_heads == -1:  # whole pages, same layout
-            if msg.kv_item_len != a.kv_item_len:
-                return f"KV page bytes {msg.kv_item_len} != prefill {a.kv_item_len}"
-            return None
-        local = self.mgr.tp_info()["num_local_kv_heads"]
-        sizes = f"(prefill --tp-size {a.tp_size}, decode --tp-size {msg.tp_size})"
-        if not (0 <= msg.num_heads and 0 <= msg.src_head and msg.src_head + msg.num_heads <= local
-                and 0 < msg.dst_num_heads and 0 <= msg.dst_head
-                and msg.dst_head + msg.num_heads <= msg.dst_num_heads):
-            return (f"head slice {msg.num_heads} heads from {msg.src_head} (of this rank's "
-                    f"{local}) into {msg.dst_head} (of the decode rank's {msg.dst_num_heads}) "
-                    f"is out of range {sizes}")
-        if msg.kv_item_len * local != a.kv_item_len * msg.dst_num_heads:
-            return (f"KV page bytes {msg.kv_item_len} for {msg.dst_num_heads} heads != prefill "
-                    f"{a.kv_item_len} for {local} heads {sizes}")
-        return None
-
     def on_metadata(self, msg: MetadataMsg) -> None:
         if msg.peer not in self.peers:
             reason = (
@@ -130,16 +95,7 @@ class PrefillSide:
             return
         info = TransferInfo(msg.peer, msg.pages().copy(), msg.dst_aux_index, msg.expected_dsts)
         with self.lock:
-            dsts = self.infos.get(msg.room)
-            old = None
-            if dsts is None:
-                dsts = self.infos[msg.room] = [info]
-            elif (any(d.peer == msg.peer for d in dsts) or len(dsts) >= dsts[0].expected
-                  or info.expected != dsts[0].expected
-                  or len(info.dst_pages) != len(dsts[0].dst_pages)):
-                old = dsts[0]
-            else:
-                dsts.append(info)
+            dsts, old = add_destination(self.infos, msg.room, info)
             complete = len(dsts) == dsts[0].expected
         if old is not None:  # another request's (or a forged) claim on a room in flight
             reason = (f"bootstrap_room {msg.room} is already in flight on prefill "
@@ -216,16 +172,13 @@ class PrefillSide:
             early = self.early_aborts.pop(room, None)
             if early is not None:
                 st.status, st.reason = KVPoll.Failed, early[1]
-            elif self._complete(room):
+            elif self._first(room) is not None:
                 st.status = KVPoll.WaitingForInput
             self.rooms.add(st)
         return True
 
-    def _complete(self, room: int) -> bool:
-        dsts = self.infos.get(room)
-        return bool(dsts) and len(dsts) == dsts[0].expected
-
     def _first(self, room: int) -> Optional[TransferInfo]:
+        """The room's first destination once all of them arrived, else None."""
         dsts = self.infos.get(room)
         return dsts[0] if dsts and len(dsts) == dsts[0].expected else None
 

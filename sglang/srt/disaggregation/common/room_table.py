@@ -112,6 +112,31 @@ class PeerInfo:
     dst_num_heads: int = -1
     sends_aux: bool = True
 
+    @classmethod
+    def of(cls, msg: Any) -> "PeerInfo":
+        """From a RegisterMsg."""
+        return cls(msg.peer, msg.engine_rank, list(msg.kv_ptrs), msg.kv_item_len,
+                   list(msg.aux_ptrs), list(msg.aux_item_lens), msg.transfer,
+                   src_head=msg.src_head, dst_head=msg.dst_head, num_heads=msg.num_heads,
+                   dst_num_heads=msg.dst_num_heads, sends_aux=msg.sends_aux)
+
+
+def add_destination(infos: dict[int, list[TransferInfo]], room: int,
+                    info: TransferInfo) -> tuple[list[TransferInfo], Optional[TransferInfo]]:
+    """Add a decode rank's destination to the room's (call under the lock); returns the room's
+    destinations and, if ``info`` was refused (a second claim from the same decode, one more
+    than expected, or one that disagrees with the first), the first destination."""
+    dsts = infos.get(room)
+    if dsts is None:
+        infos[room] = [info]
+        return infos[room], None
+    first = dsts[0]
+    if (any(d.peer == info.peer for d in dsts) or len(dsts) >= first.expected
+            or info.expected != first.expected or len(info.dst_pages) != len(first.dst_pages)):
+        return dsts, first
+    dsts.append(info)
+    return dsts, None
+
 
 S = TypeVar("S", bound=RoomState)
 

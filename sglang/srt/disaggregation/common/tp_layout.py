@@ -114,6 +114,42 @@ def tp_problem(prefill: dict[str, Any], decode: dict[str, Any]) -> Optional[str]
     return None
 
 
+def slice_problem(args: Any, local: int, msg: Any) -> Optional[str]:
+    """Prefill side: why a decode rank's registration (RegisterMsg) does not fit this rank's
+    pages (``args``: its KVArgs, ``local``: its KV heads), or None."""
+    a = args
+    if len(msg.kv_ptrs) != len(a.kv_data_ptrs):
+        return f"{len(msg.kv_ptrs)} KV regions != prefill {len(a.kv_data_ptrs)}"
+    if list(msg.aux_item_lens) != list(a.aux_item_lens):
+        return f"metadata rows {msg.aux_item_lens} != prefill {a.aux_item_lens}"
+    if msg.num_heads == -1:  # whole pages, same layout
+        if msg.kv_item_len != a.kv_item_len:
+            return f"KV page bytes {msg.kv_item_len} != prefill {a.kv_item_len}"
+        return None
+    sizes = f"(prefill --tp-size {a.tp_size}, decode --tp-size {msg.tp_size})"
+    if not (0 <= msg.num_heads and 0 <= msg.src_head and msg.src_head + msg.num_heads <= local
+            and 0 < msg.dst_num_heads and 0 <= msg.dst_head
+            and msg.dst_head + msg.num_heads <= msg.dst_num_heads):
+        return (f"head slice {msg.num_heads} heads from {msg.src_head} (of this rank's {local}) "
+                f"into {msg.dst_head} (of the decode rank's {msg.dst_num_heads}) is out of "
+                f"range {sizes}")
+    if msg.kv_item_len * local != a.kv_item_len * msg.dst_num_heads:
+        return (f"KV page bytes {msg.kv_item_len} for {msg.dst_num_heads} heads != prefill "
+                f"{a.kv_item_len} for {local} heads {sizes}")
+    return None
+
+
+def source_plan(prefill: dict[str, Any], mine: dict[str, Any]) -> list[tuple[Slice, int]]:
+    """Decode side: (slice, destinations of its prefill rank) per source of this decode rank;
+    tp1 on both sides: one whole-pages slice (``num_heads`` -1), as before TP existed."""
+    p_tp = int(prefill.get("tp_size", 1))
+    if p_tp == 1 and mine.get("tp_size", 1) == 1:
+        return [(Slice(0, 0, 0, -1, True), 1)]
+    slices, counts = plan_sources(mine["num_heads"], mine["model_shape"]["num_kv_heads"], p_tp,
+                                  mine["tp_size"], mine["tp_rank"])
+    return [(sl, counts[sl.prefill_rank]) for sl in slices]
+
+
 def same_layout(src_local: int, dst_local: int, num_heads: int) -> bool:
     """Whether a slice is whole pages on both sides (today's page runs apply)."""
     return num_heads == src_local == dst_local
