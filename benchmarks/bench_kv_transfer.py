@@ -29,7 +29,8 @@ ratio = project / the best raw figure of the case. Allocation "contig": both sid
 consecutive (grouping makes one block per layer's K and V); "frag": pages drawn at random from a
 pool twice as large (almost no pair adjacent on both sides: about one block per page and
 layer, the worst case).
-Only "same TP" exists (prefill and decode with one rank each): different TP is not implemented.
+--tp-pairs: different TP sizes instead (P tp2 -> D tp1, P tp1 -> D tp2, P tp2 -> D tp2) against
+the same bytes at tp1 -> tp1; see benchmarks/kv_transfer_tp.py.
 
 The matrix is sampled (default about 5 minutes here, --quick about 75 s): smollm2-135m runs every page size
 (1, 16, 64) x prompt (128, 1k, 8k) x allocation, except frag with page 1 at 8k (491,520 blocks
@@ -81,19 +82,31 @@ def main() -> None:
     ap.add_argument("--pages", default=None, help="comma list: keep only these page sizes")
     ap.add_argument("--tokens", default=None, help="comma list: keep only these prompt sizes")
     ap.add_argument("--alloc", default=None, choices=["contig", "frag"])
+    ap.add_argument("--tp-pairs", action="store_true",
+                    help="instead: different TP sizes against the same bytes at tp1 -> tp1 "
+                         "(benchmarks/kv_transfer_tp.py; --models' first, --pages' first, "
+                         "--tokens' first: default qwen3-0.6b, 16, 1024)")
     ap.add_argument("--busy-prefill", action="store_true",
                     help="also time the project's path while the prefill's main thread runs "
                          "Python (as a scheduler does): the 'busy' column")
     args = ap.parse_args()
     reps = args.reps or (2 if args.quick else 3)
     backends = ["mooncake", "nixl"] if args.backend == "both" else [args.backend]
+    if args.tp_pairs:
+        from kv_transfer_tp import run_tp_pairs
+
+        first = lambda v, d: (v.split(",")[0] if v else d)  # noqa: E731
+        print(json.dumps(run_tp_pairs(backends, SHAPES, first(args.models, "qwen3-0.6b"),
+                                      int(first(args.pages, 16)), int(first(args.tokens, 1024)),
+                                      reps)), flush=True)
+        return
     matrix = [c for c in cases(args.quick)
               if (args.models is None or c[0] in args.models.split(","))
               and (args.pages is None or str(c[1]) in args.pages.split(","))
               and (args.tokens is None or str(c[2]) in args.tokens.split(","))
               and (args.alloc is None or c[3] == args.alloc)]
-    print("KV transfer between two processes on loopback, bf16, same TP (1 rank each; different "
-          f"TP is not implemented); best of {reps}", flush=True)
+    print("KV transfer between two processes on loopback, bf16, same TP (1 rank each; "
+          f"--tp-pairs for different TP); best of {reps}", flush=True)
     hdr = (f"{'backend':8} {'model':13} {'page':>4} {'tokens':>6} {'alloc':6} {'MB':>8} "
            f"{'blocks':>7} {'setup ms':>8} {'proj ms':>8} {'proj':>6} {'one':>6} {'1MiB':>6} "
            f"{'same':>6} {'memcpy':>6} {'ratio':>6}"

@@ -102,12 +102,6 @@ class ServerArgs:
             bad(f"--max-prefill-tokens must be >= 1, got {self.max_prefill_tokens}")
         if self.tp_size < 1:
             bad(f"--tp-size must be >= 1, got {self.tp_size}")
-        if self.tp_size > 1 and self.disaggregation_mode != "null":
-            bad(
-                f"--tp-size {self.tp_size} with --disaggregation-mode {self.disaggregation_mode}: "
-                "tensor parallelism is implemented for unified servers only "
-                "(--disaggregation-mode null); run PD servers with --tp-size 1"
-            )
         self._check_nodes(bad)
         if self.kv_cache_dtype not in KV_CACHE_DTYPES:
             bad(f"--kv-cache-dtype must be one of {', '.join(KV_CACHE_DTYPES)}, "

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -116,25 +117,40 @@ class PDCluster:
 
 def launch_pd_cluster(model_path: str, log_dir: str, backend: str = "mooncake",
                       num_prefill: int = 1, num_decode: int = 1,
-                      args: Optional[list[str]] = None, env: Optional[dict] = None) -> PDCluster:
-    prefills, decodes, ports = [], [], []
+                      args: Optional[list[str]] = None, env: Optional[dict] = None,
+                      prefill_args: Optional[list[str]] = None,
+                      decode_args: Optional[list[str]] = None,
+                      parallel: bool = False) -> PDCluster:
+    """``prefill_args``/``decode_args``: one side's own flags (e.g. ``--tp-size``) after
+    ``args``; ``parallel``: start the servers at once (each waits only for itself)."""
     common = ["--disaggregation-transfer-backend", backend, *(args or [])]
+    ports = [free_port() for _ in range(num_prefill)]
+    # A request routed with bootstrap_port null (sglang-router's --prefill URL without a port)
+    # goes to the decode's own --disaggregation-bootstrap-port: the first prefill's, as SGLang
+    # users on one node run it.
+    specs = [(f"prefill{i}", ["--disaggregation-mode", "prefill", "--disaggregation-bootstrap-port",
+                              str(ports[i]), *common, *(prefill_args or [])])
+             for i in range(num_prefill)]
+    specs += [(f"decode{i}", ["--disaggregation-mode", "decode", "--disaggregation-bootstrap-port",
+                              str(ports[0]), *common, *(decode_args or [])])
+              for i in range(num_decode)]
+    procs: list[Proc] = []
     try:
-        for i in range(num_prefill):
-            bport = free_port()
-            ports.append(bport)
-            prefills.append(launch_server(
-                model_path, log_dir, f"prefill{i}",
-                ["--disaggregation-mode", "prefill", "--disaggregation-bootstrap-port",
-                 str(bport), *common], env))
-        for i in range(num_decode):
-            # A request routed with bootstrap_port null (sglang-router's --prefill URL without a
-            # port) goes to the decode's own --disaggregation-bootstrap-port: the first prefill's,
-            # as SGLang users on one node run it.
-            decodes.append(launch_server(
-                model_path, log_dir, f"decode{i}",
-                ["--disaggregation-mode", "decode", "--disaggregation-bootstrap-port",
-                 str(ports[0]), *common], env))
+        if parallel:
+            with ThreadPoolExecutor(len(specs)) as ex:
+                futs = [ex.submit(launch_server, model_path, log_dir, n, a, env) for n, a in specs]
+                errors = []
+                for f in futs:
+                    try:
+                        procs.append(f.result())
+                    except Exception as e:
+                        errors.append(e)
+                if errors:
+                    raise errors[0]
+        else:
+            for n, a in specs:
+                procs.append(launch_server(model_path, log_dir, n, a, env))
+        prefills, decodes = procs[:num_prefill], procs[num_prefill:]
         lb_port = free_port()
         argv = ["-m", "sglang.srt.disaggregation.mini_lb", "--host", "127.0.0.1",
                 "--port", str(lb_port), "--prefill", *[p.url for p in prefills],
@@ -142,7 +158,7 @@ def launch_pd_cluster(model_path: str, log_dir: str, backend: str = "mooncake",
                 "--prefill-bootstrap-ports", *map(str, ports)]
         lb = start("mini_lb", argv, f"http://127.0.0.1:{lb_port}", log_dir, env)
     except BaseException:
-        for p in prefills + decodes:
+        for p in procs:
             p.stop()
         raise
     return PDCluster(prefills, decodes, lb, ports)

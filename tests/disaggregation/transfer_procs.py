@@ -32,7 +32,12 @@ class Node:
         meta_rows: int = 8,
         env: Optional[dict[str, str]] = None,
         layout: Optional[dict[str, int]] = None,
+        tp: Optional[dict[str, Any]] = None,
     ) -> dict[str, Any]:
+        """``tp``: this node is rank ``rank`` of ``size`` of a server of a model with
+        ``num_heads`` attention heads (``layout`` gives the model's total KV heads; the pool
+        holds this rank's share); a prefill rank > 0 registers with rank 0's bootstrap server
+        using ``secret``."""
         os.environ.update(env or {})
         import torch
 
@@ -41,14 +46,19 @@ class Node:
         from sglang.srt.disaggregation.utils import get_kv_class
         from sglang.srt.mem_cache.memory_pool import KVLayout, KVPool
 
+        from sglang.srt.distributed.parallel_state import head_split
+
         shape = dict(layout or LAYOUT)
+        tp = dict(tp or {})
+        size, rank = tp.get("size", 1), tp.get("rank", 0)
+        num_heads = tp.get("num_heads", shape["num_kv_heads"])
+        local = head_split(num_heads, shape["num_kv_heads"], size, rank).num_kv_heads
         self.backend = backend
-        self.pool = KVPool(KVLayout(**shape, page_size=page_size, dtype=getattr(torch, dtype)),
-                           num_pages)
+        self.pool = KVPool(KVLayout(**{**shape, "num_kv_heads": local}, page_size=page_size,
+                                    dtype=getattr(torch, dtype)), num_pages)
         self.meta = MetadataBuffers(meta_rows)
         ptrs, lens, item_lens = self.meta.ptrs_lens_item_lens()
         args = KVArgs(
-            engine_rank=0,
             kv_data_ptrs=self.pool.data_ptrs(),
             kv_data_lens=self.pool.data_lens(),
             kv_item_len=self.pool.item_len,
@@ -60,7 +70,12 @@ class Node:
             model_shape=shape,
             bootstrap_port=bootstrap_port,
             extra={"bootstrap_host": "127.0.0.1"},
+            engine_rank=rank,
+            tp_size=size,
+            num_heads=num_heads,
         )
+        if rank > 0 and mode == "prefill":
+            args.extra.update(start_bootstrap_server=False, bootstrap_secret=tp["secret"])
         self.mgr = get_kv_class(backend, "manager")(args, mode)
         self.cls = get_kv_class(backend, "sender" if mode == "prefill" else "receiver")
         self.conns: dict[int, Any] = {}
@@ -160,6 +175,17 @@ class Node:
         while not self.conns[room].writes_drained() and time.monotonic() < deadline:
             time.sleep(0.005)
         return self.conns[room].writes_drained()
+
+    def secret(self) -> str:
+        return self.mgr.bootstrap_server.secret
+
+    def room_counts(self) -> dict[str, int]:
+        """Rooms (and prefill destinations) the manager still tracks."""
+        side = self.mgr.prefill or self.mgr.decode
+        out = {"rooms": len(side.rooms._rooms)}
+        if self.mgr.prefill is not None:
+            out["infos"] = len(self.mgr.prefill.infos)
+        return out
 
     def endpoint(self) -> str:
         """This manager's control-plane (ZMQ PULL) endpoint."""

@@ -112,8 +112,6 @@ def test_health_and_ready_503_while_starting(tiny_model, log_dir):
     (["--dp-size", "2"], "--dp-size is an SGLang flag that this project does not implement"),
     (["--enable-torch-compile"], "drop --enable-torch-compile"),
     (["--cuda-graph-max-bs=8"], "--cuda-graph-max-bs is an SGLang flag"),
-    (["--tp-size", "2", "--disaggregation-mode", "prefill"],
-     "tensor parallelism is implemented for unified servers only"),
     (["--chat-template", "no-such-template"], "neither a file nor a shipped template (chatml"),
     (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
 ])

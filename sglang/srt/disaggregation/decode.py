@@ -26,7 +26,13 @@ import numpy as np
 
 from sglang.srt.base_types import ABORTED, KVPoll
 from sglang.srt.disaggregation.base.conn import BaseKVReceiver
-from sglang.srt.disaggregation.queues_common import Connect, DisaggQueuesBase
+from sglang.srt.disaggregation.queues_common import (
+    Connect,
+    DisaggQueuesBase,
+    agree,
+    local_fail,
+)
+from sglang.srt.distributed import get_tp_size
 from sglang.srt.env import envs
 from sglang.srt.managers.disagg_protocol import Admissions, Decoded, Load, PDContext
 
@@ -93,12 +99,13 @@ class DecodeQueues(DisaggQueuesBase):
         return need + load.running + len(self.transfer) <= self.kv.available_pages
 
     def _pop_preallocated(self, load: Load, adm: Admissions) -> None:
-        for req in list(self.prealloc):
-            state = req.disagg.poll()
+        states = agree([int(r.disagg.poll()) for r in self.prealloc])
+        for req, state in zip(list(self.prealloc), states):
             if state == KVPoll.Bootstrapping:
                 continue
             if state == KVPoll.Failed:
                 self.prealloc.remove(req)
+                local_fail(req)
                 self.fail(req, "Decode handshake failed")
                 adm.ended.append(req)
                 continue
@@ -118,10 +125,11 @@ class DecodeQueues(DisaggQueuesBase):
                          len(req.pages))
 
     def _pop_transferred(self, adm: Admissions) -> None:
-        for req in list(self.transfer):
-            state = req.disagg.poll()
+        states = agree([int(r.disagg.poll()) for r in self.transfer])
+        for req, state in zip(list(self.transfer), states):
             if state == KVPoll.Failed:
                 self.transfer.remove(req)
+                local_fail(req)
                 self.fail(req, "Decode transfer failed")
                 self._hold(req)
                 adm.ended.append(req)
@@ -163,8 +171,10 @@ class DecodeQueues(DisaggQueuesBase):
         from it, unless the prefill can no longer write into them; ``finish`` then frees the
         rest (its request-table row) at once."""
         receiver = req.disagg
-        if receiver is None or receiver.writes_drained() or not envs.deferred_decode_kv_release:
+        if receiver is None or not envs.deferred_decode_kv_release:
             return
+        if get_tp_size() == 1 and receiver.writes_drained():
+            return  # (tp > 1: held, and released by the ranks' agreement on the next poll)
         own = req.pages[req.prefix_pages:]
         req.pages = req.pages[: req.prefix_pages]
         self.held.append(HeldPages(req.bootstrap_room, receiver, own, req.metadata_index,
@@ -176,10 +186,13 @@ class DecodeQueues(DisaggQueuesBase):
     def _release_held(self) -> None:
         timeout = envs.deferred_decode_kv_release_timeout
         now = time.monotonic()
-        for h in list(self.held):
-            if h.receiver.writes_drained():
+        # 2: drained, 1: timed out, 0: neither; the lowest over the TP ranks
+        ready = agree([2 if h.receiver.writes_drained() else int(now - h.since > timeout)
+                       for h in self.held])
+        for h, r in zip(list(self.held), ready):
+            if r == 2:
                 how = "ack"
-            elif now - h.since > timeout:
+            elif r == 1:
                 how = "timeout"
                 logger.warning(
                     "room=%s: no abort acknowledgement from the prefill after %.0fs; its %d "

@@ -17,7 +17,12 @@ from typing import TYPE_CHECKING, Any, Optional
 import numpy as np
 
 from sglang.srt.base_types import KVPoll
-from sglang.srt.disaggregation.queues_common import Connect, DisaggQueuesBase
+from sglang.srt.disaggregation.queues_common import (
+    Connect,
+    DisaggQueuesBase,
+    agree,
+    local_fail,
+)
 from sglang.srt.managers.disagg_protocol import Admissions, Load, PDContext
 
 if TYPE_CHECKING:
@@ -47,12 +52,16 @@ class PrefillQueues(DisaggQueuesBase):
     def poll(self, load: Load) -> Admissions:
         adm = Admissions()
         ps = self.kv.page_size
-        for req in list(self.bootstrap):
-            state = req.disagg.poll()
+        # every TP rank admits and ends the same requests in the same step
+        states = agree([int(r.disagg.poll()) for r in self.bootstrap + self.inflight])
+        nb = len(self.bootstrap)
+        boot, infl = states[:nb], states[nb:]
+        for req, state in zip(list(self.bootstrap), boot):
             if state == KVPoll.Bootstrapping:
                 continue
             if state == KVPoll.Failed:
                 self.bootstrap.remove(req)
+                local_fail(req)
                 self.fail(req, "Prefill bootstrap failed")
                 adm.ended.append(req)
                 continue
@@ -64,11 +73,11 @@ class PrefillQueues(DisaggQueuesBase):
             self.bootstrap.remove(req)
             self.stats.on_bootstrapped(req)
             adm.admitted.append(req)
-        for req in list(self.inflight):
-            state = req.disagg.poll()
+        for req, state in zip(list(self.inflight), infl):
             if state == KVPoll.Success:
                 self.record(req.disagg.get_transfer_metric(), req)
             elif state == KVPoll.Failed:
+                local_fail(req)
                 self.fail(req, "Prefill transfer failed")
             else:
                 continue

@@ -17,6 +17,7 @@ from sglang.srt.disaggregation.common.metadata_buffers import (
     MetadataSlotAllocator,
 )
 from sglang.srt.disaggregation.utils import FAKE_BOOTSTRAP_HOST, get_kv_class
+from sglang.srt.distributed import broadcast_objects, get_tp_rank, get_tp_size, tp_min_ints
 from sglang.srt.managers.disagg_protocol import PDContext
 from sglang.srt.utils.network import advertised_host, host_port
 
@@ -62,7 +63,9 @@ def kv_args_of(ctx: PDContext, aux: tuple[list[int], list[int], list[int]]) -> K
     args, pool = ctx.args, ctx.pool
     aux_ptrs, aux_lens, aux_item_lens = aux
     return KVArgs(
-        engine_rank=0,
+        engine_rank=ctx.tp_rank,
+        tp_size=ctx.tp_size,
+        num_heads=ctx.num_heads,
         kv_data_ptrs=pool.data_ptrs(),
         kv_data_lens=pool.data_lens(),
         kv_item_len=pool.item_len,
@@ -73,7 +76,8 @@ def kv_args_of(ctx: PDContext, aux: tuple[list[int], list[int], list[int]]) -> K
         kv_dtype=pool.dtype_name,  # --kv-cache-dtype's spelling: fp8_e4m3, bfloat16
         model_shape={
             "num_layers": pool.layout.num_layers,
-            "num_kv_heads": pool.layout.num_kv_heads,
+            # the model's, not this rank's share (tp_layout.py)
+            "num_kv_heads": ctx.num_kv_heads or pool.layout.num_kv_heads,
             "head_dim": pool.layout.head_dim,
         },
         device=ctx.device,
@@ -90,6 +94,37 @@ def kv_args_of(ctx: PDContext, aux: tuple[list[int], list[int], list[int]]) -> K
     )
 
 
+def connect_ranks(connect: Connect, backend: str, kv_args: KVArgs, mode: str) -> Any:
+    """Every TP rank gets its own manager (engine_rank = its rank). Prefill: rank 0 runs the
+    bootstrap server, then gives its secret to the other ranks, which register with it."""
+    if mode != "prefill" or get_tp_size() == 1:
+        return connect(backend, kv_args, mode)
+    conn = None
+    if get_tp_rank() == 0:
+        conn = connect(backend, kv_args, mode)
+        server = getattr(conn.mgr, "bootstrap_server", None)
+        secret = [server.secret if server is not None else ""]
+    else:
+        secret = None
+    secret = broadcast_objects(secret)  # every rank calls it here, once
+    if conn is None:
+        kv_args.extra.update(start_bootstrap_server=False, bootstrap_secret=secret[0] or None)
+        conn = connect(backend, kv_args, mode)
+    return conn
+
+
+def agree(states: list[int]) -> list[int]:
+    """Each KVPoll value as every TP rank may act on it: the lowest over the ranks (any Failed
+    -> Failed, Success only when all are). One all-reduce per call; none at tp=1."""
+    return tp_min_ints(states) if states and get_tp_size() > 1 else states
+
+
+def local_fail(req: "Req") -> None:
+    """Another rank failed the request: fail this rank's room too (its peers are told)."""
+    if req.disagg is not None and req.disagg.poll() != KVPoll.Failed:
+        req.disagg.abort()
+
+
 class DisaggQueuesBase:
     mode = ""
 
@@ -103,7 +138,7 @@ class DisaggQueuesBase:
         self.slots = MetadataSlotAllocator(n_slots)
         self.num_slots = n_slots
         kv_args = kv_args_of(ctx, self.metadata.ptrs_lens_item_lens())
-        self.conn = (connect or BackendConnector)(self.backend, kv_args, self.mode)
+        self.conn = connect_ranks(connect or BackendConnector, self.backend, kv_args, self.mode)
         self.totals = {"transfers": 0, "failed": 0, "bytes": 0, "seconds": 0.0, "blocks": 0}
         self.last_transfer: dict[str, Any] = {}
         logger.info("PD %s: %s", self.mode, self.describe())

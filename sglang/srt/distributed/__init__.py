@@ -12,6 +12,7 @@ from sglang.srt.distributed.parallel_state import (
     tp_all_gather,
     tp_all_reduce,
     tp_min_int,
+    tp_min_ints,
 )
 
 __all__ = [
@@ -25,4 +26,5 @@ __all__ = [
     "tp_all_gather",
     "tp_all_reduce",
     "tp_min_int",
+    "tp_min_ints",
 ]

@@ -129,6 +129,16 @@ def tp_min_int(value: int) -> int:
     return int(t.item())
 
 
+def tp_min_ints(values: list[int]) -> list[int]:
+    """The smallest of each ``values[i]`` over the ranks, in one all-reduce (PD queues agree on
+    their requests' transfer states with it)."""
+    if _TP is None:
+        return list(values)
+    t = torch.tensor(values, dtype=torch.int64)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN, group=_TP.cpu_group)
+    return [int(v) for v in t.tolist()]
+
+
 def broadcast_objects(objs: Optional[list], src: int = 0) -> list:
     """Rank ``src``'s list of picklable objects, on every rank (others pass None)."""
     if _TP is None:

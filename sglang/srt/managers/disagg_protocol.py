@@ -92,6 +92,11 @@ class PDContext:
     stats: StatsSink
     max_running: int
     device: str
+    # tensor parallelism: this rank and the model's heads (the pool holds this rank's share)
+    tp_size: int = 1
+    tp_rank: int = 0
+    num_heads: int = 0
+    num_kv_heads: int = 0
 
 
 class DisaggLayer(Protocol):

@@ -100,7 +100,8 @@ class Scheduler(SchedulerReportsMixin):
         if self.pd and make_disagg is None:
             raise ValueError(f"--disaggregation-mode {args.disaggregation_mode} needs a PD layer")
         self.disagg: DisaggLayer = make_disagg(PDContext(
-            args, self.pool, self.cache, self.metrics, self.max_running, self.device
+            args, self.pool, self.cache, self.metrics, self.max_running, self.device,
+            args.tp_size, tp_rank, self.model_config.num_heads, self.model_config.num_kv_heads,
         )) if self.pd else NoDisagg()
 
     @staticmethod

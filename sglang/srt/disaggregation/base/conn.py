@@ -60,6 +60,11 @@ class KVArgs:
     local_host: str = LOOPBACK
     bootstrap_port: int = DEFAULT_BOOTSTRAP_PORT  # prefill: where its bootstrap server listens
     extra: dict[str, Any] = field(default_factory=dict)
+    # Tensor parallelism: this server's --tp-size (``engine_rank`` is the rank) and the model's
+    # attention heads; ``model_shape["num_kv_heads"]`` is the model's total, and this rank's
+    # pool holds the ``head_split`` share of them (0 heads: as many as KV heads, tp 1).
+    tp_size: int = 1
+    num_heads: int = 0
 
 
 class BaseKVManager(ABC):

@@ -31,8 +31,8 @@ from sglang.srt.disaggregation.common import faults
 from sglang.srt.disaggregation.common.handshake import (
     HandshakeRefused,
     PrefillUnavailable,
-    compat_problem,
-    fetch_prefill_info,
+    fetch_with_retry,
+    handshake_problem,
 )
 from sglang.srt.disaggregation.common.heartbeat import Heartbeat
 from sglang.srt.disaggregation.common.messages import (
@@ -44,6 +44,7 @@ from sglang.srt.disaggregation.common.messages import (
     StatusMsg,
 )
 from sglang.srt.disaggregation.common.room_table import ReceiverRoom, RoomTable
+from sglang.srt.disaggregation.common.tp_layout import source_plan
 from sglang.srt.env import envs
 from sglang.srt.utils.network import bracket_host
 
@@ -52,7 +53,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-REFUSED_WINDOW = 1.0  # seconds a refused bootstrap port is retried (a restart in progress)
 
 class DecodeSide:
     def __init__(self, mgr: CommonKVManager):
@@ -79,7 +79,7 @@ class DecodeSide:
             self.addr_rooms[bootstrap_addr].add(room)
             info = self.prefills.get(bootstrap_addr)
             if info is not None:
-                st.prefill_endpoint = info["endpoint"]
+                st.prefill_endpoint, st.sources = info["endpoint"], dict(info["sources"])
                 self.rooms.set_status(room, KVPoll.WaitingForInput)
                 return True
         self._pool.submit(self._handshake, room, bootstrap_addr)
@@ -97,7 +97,7 @@ class DecodeSide:
             return
         st = self.rooms.get(room)
         if st is not None:
-            st.prefill_endpoint = info["endpoint"]
+            st.prefill_endpoint, st.sources = info["endpoint"], dict(info["sources"])
             self.rooms.set_status(room, KVPoll.WaitingForInput)
 
     def ensure_connected(self, addr: str) -> dict[str, Any]:
@@ -107,53 +107,43 @@ class DecodeSide:
             if info is not None:
                 return info
             info = self._fetch(addr)
-            problem = compat_problem(info, self.mgr.local_info())
-            problem = problem or self.mgr.backend_compat_problem(info)
-            if problem is not None:
-                logger.error("Refusing prefill %s: %s", addr, problem)
-                raise HandshakeRefused(f"Prefill {addr} refused at handshake: {problem}")
-            if info.get("device") != self.mgr.args.device:
-                logger.warning(
-                    "Prefill %s keeps its KV on %s, this decode on %s: the transfer engine "
-                    "must be built for both", addr, info.get("device"), self.mgr.args.device,
-                )
+            mine = self.mgr.local_info()
+            self._check(addr, info, mine)
+            sources: dict[str, int] = {}
+            for sl, expected in source_plan(info, mine):
+                rinfo = info if sl.prefill_rank == 0 else self._fetch(addr, sl.prefill_rank)
+                if sl.prefill_rank != 0:
+                    self._check(addr, rinfo, mine)
+                endpoint = f"{bracket_host(rinfo['rank_ip'])}:{rinfo['rank_port']}"
+                self.mgr.control.forget(endpoint)  # a restarted prefill: fresh socket
+                reg = self.mgr.registration(None if sl.num_heads == -1 else sl)
+                if not self.mgr.control.send(endpoint, reg):
+                    raise PrefillUnavailable(f"could not reach prefill manager {endpoint}")
+                sources[endpoint] = expected
             info["endpoint"] = f"{bracket_host(info['rank_ip'])}:{info['rank_port']}"
-            self.mgr.control.forget(info["endpoint"])  # a restarted prefill: fresh socket
-            if not self.mgr.control.send(info["endpoint"], self.mgr.registration()):
-                raise PrefillUnavailable(f"could not reach prefill manager {info['endpoint']}")
+            info["sources"] = sources
             with self.lock:
                 self.prefills[addr] = info
             logger.info(
-                "Connected to prefill %s (manager %s, %s)", addr, info["endpoint"],
-                info.get("transfer"),
+                "Connected to prefill %s (managers %s, %s)", addr, sources, info.get("transfer"),
             )
             return info
 
-    def _fetch(self, addr: str) -> dict[str, Any]:
-        """GET /route, retried once a second while the prefill is starting (503, timeouts).
-        A refused connection (nothing listens there) is retried only for REFUSED_WINDOW."""
-        attempts = envs.bootstrap_fetch_attempts
-        last: Exception | None = None
-        start = time.monotonic()
-        for i in range(attempts):
-            try:
-                return fetch_prefill_info(addr)
-            except PrefillUnavailable as e:
-                last = e
-                if e.refused and time.monotonic() - start >= REFUSED_WINDOW:
-                    raise PrefillUnavailable(
-                        f"Could not fetch prefill info from {addr}: connection refused for "
-                        f"{time.monotonic() - start:.1f}s ({e}); is the prefill server up and "
-                        f"its --disaggregation-bootstrap-port right?", refused=True) from e
-            pause = 0.2 if last is not None and getattr(last, "refused", False) else 1.0
-            if i + 1 < attempts and self._closing.wait(pause):
-                break  # shutting down
-            if not self.addr_rooms.get(addr):
-                break  # every request for it is gone
-        raise PrefillUnavailable(
-            f"Could not fetch prefill info from {addr} after {attempts} attempts ({last}); "
-            f"is the prefill server up and its --disaggregation-bootstrap-port right?"
-        )
+    def _check(self, addr: str, info: dict[str, Any], mine: dict[str, Any]) -> None:
+        """HandshakeRefused if the prefill rank's KV cannot fill this decode rank's."""
+        problem = handshake_problem(info, mine) or self.mgr.backend_compat_problem(info)
+        if problem is not None:
+            logger.error("Refusing prefill %s: %s", addr, problem)
+            raise HandshakeRefused(f"Prefill {addr} refused at handshake: {problem}")
+        if info.get("device") != self.mgr.args.device:
+            logger.warning(
+                "Prefill %s keeps its KV on %s, this decode on %s: the transfer engine "
+                "must be built for both", addr, info.get("device"), self.mgr.args.device,
+            )
+
+    def _fetch(self, addr: str, rank: int = 0) -> dict[str, Any]:
+        return fetch_with_retry(addr, rank, self._closing,
+                                lambda: bool(self.addr_rooms.get(addr)))
 
     def known_prefills(self) -> dict[str, str]:
         """Connected prefills: bootstrap addr -> instance id of its bootstrap server."""
@@ -171,11 +161,13 @@ class DecodeSide:
         dst = np.ascontiguousarray(pages, dtype=np.int32).reshape(-1)
         st.num_pages = len(dst)
         st.metadata_sent_at = time.monotonic()
-        msg = MetadataMsg(self.mgr.endpoint, room, dst.tobytes(), int(aux_index))
-        if not self.mgr.control.send(st.prefill_endpoint, msg):
-            st.writes_drained = True  # the pages never left: nothing can be written into them
-            self.fail(room, f"could not send the destination pages to {st.prefill_endpoint}")
-            return
+        for endpoint, expected in st.sources.items():
+            msg = MetadataMsg(self.mgr.endpoint, room, dst.tobytes(), int(aux_index), expected)
+            if not self.mgr.control.send(endpoint, msg):
+                st.acked.add(endpoint)  # the pages never left: nothing can be written into them
+                self.fail(room, f"could not send the destination pages to {endpoint}",
+                          tell_prefill=True)
+                return
         logger.debug("Request %d: sent %d destination pages, aux row %d", room, len(dst), aux_index)
 
     def poll(self, room: int) -> KVPoll:
@@ -207,6 +199,7 @@ class DecodeSide:
             or st.metadata_sent_at is None  # the prefill never learnt the pages
             or st.status == KVPoll.Success  # every write landed before the prefill said so
             or st.writes_drained
+            or (bool(st.sources) and (st.acked | st.succeeded) >= set(st.sources))
         )
 
     def clear(self, room: int) -> None:
@@ -220,32 +213,37 @@ class DecodeSide:
             return
         logger.warning("Request %d failed: %s", room, reason)
         st = self.rooms.get(room)
-        if tell_prefill and st is not None and st.prefill_endpoint:
-            self.mgr.control.send(st.prefill_endpoint,
-                                  AbortMsg(self.mgr.endpoint, room, reason[:500]))
+        if tell_prefill and st is not None:
+            for endpoint in st.sources:
+                if endpoint not in st.acked:
+                    self.mgr.control.send(endpoint, AbortMsg(self.mgr.endpoint, room, reason[:500]))
 
     # ---- control-plane handlers (control / heartbeat threads) ----------------------------
     def on_status(self, msg: StatusMsg) -> None:
         st = self.rooms.get(msg.room)
         if msg.reregister:
             self._forget_endpoint(msg.peer)
-        if st is None or st.prefill_endpoint != msg.peer:
+        if st is None or msg.peer not in st.sources:
             return
         if msg.status == KVPoll.Success:
-            if st.metadata_sent_at is not None and self.rooms.set_status(msg.room, KVPoll.Success):
-                logger.debug("Request %d: KV arrived from %s", msg.room, msg.peer)
+            if st.metadata_sent_at is None:
+                return
+            st.succeeded.add(msg.peer)
+            if (st.succeeded >= set(st.sources)
+                    and self.rooms.set_status(msg.room, KVPoll.Success)):
+                logger.debug("Request %d: KV arrived from %s", msg.room, sorted(st.succeeded))
             return
         if msg.reregister:
-            st.writes_drained = True  # the prefill refused the pages: it never writes them
-        # The prefill failed the room, but a write of it may still be in flight there: the
-        # AbortMsg asks for the ack that frees the pages.
+            st.acked.add(msg.peer)  # that prefill rank refused the pages: it never writes them
+        # The prefill failed the room, but a write of it may still be in flight there (and on
+        # the other source ranks): the AbortMsg asks for the acks that free the pages.
         self.fail(msg.room, f"Failed to get kvcache from prefill instance {msg.peer}: "
-                            f"{msg.reason}", tell_prefill=not msg.reregister)
+                            f"{msg.reason}", tell_prefill=True)
 
     def on_ping(self, msg: PingMsg) -> None:
         """A prefill probes this decode after a failed write: answer only a connected one."""
         with self.lock:
-            known = any(i["endpoint"] == msg.peer for i in self.prefills.values())
+            known = any(msg.peer in i["sources"] for i in self.prefills.values())
         if known:
             self.mgr.control.send(msg.peer, PongMsg(self.mgr.endpoint))
         else:
@@ -256,22 +254,22 @@ class DecodeSide:
         if st is None:  # late (after the timeout), duplicate after release, or forged
             logger.debug("Abort ack for unknown request %d from %s ignored", msg.room, msg.peer)
             return
-        if st.prefill_endpoint != msg.peer or st.status != KVPoll.Failed:
+        if msg.peer not in st.sources or st.status != KVPoll.Failed:
             logger.warning(
                 "Abort ack for request %d from %s ignored: its prefill is %s, status %s",
                 msg.room, msg.peer, st.prefill_endpoint or "unknown", st.status.name,
             )
             return
-        if st.writes_drained:
+        if st.writes_drained or msg.peer in st.acked:
             logger.debug("Duplicate abort ack for request %d ignored", msg.room)
             return
-        st.writes_drained = True
+        st.acked.add(msg.peer)
         logger.debug("Request %d: prefill %s acknowledged the abort", msg.room, msg.peer)
 
     def _forget_endpoint(self, endpoint: str) -> None:
         with self.lock:
             for addr, info in list(self.prefills.items()):
-                if info["endpoint"] == endpoint:
+                if endpoint in info["sources"]:
                     del self.prefills[addr]
                     logger.info("Prefill %s forgot this decode; will re-register", addr)
 
@@ -283,13 +281,14 @@ class DecodeSide:
             rooms = list(self.addr_rooms.get(addr, ()))
         if info is None:
             return
-        self.mgr.control.forget(info["endpoint"])
+        for endpoint in info["sources"]:
+            self.mgr.control.forget(endpoint)
         reason = f"Lost connection with prefill instance (bootstrap_addr: {addr}): {why}"
         affected = 0
         for room in rooms:
             st = self.rooms.get(room)
             if st is None or st.prefill_endpoint != info["endpoint"]:
-                continue
+                continue  # a room of an earlier connection
             if st.status not in (KVPoll.Success, KVPoll.Failed):
                 self.fail(room, reason)
                 affected += 1

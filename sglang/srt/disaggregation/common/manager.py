@@ -31,8 +31,10 @@ from sglang.srt.disaggregation.common.messages import (
 )
 from sglang.srt.disaggregation.common.prefill_side import PrefillSide
 from sglang.srt.disaggregation.common.room_table import PeerInfo
+from sglang.srt.disaggregation.common.tp_layout import Slice
 from sglang.srt.disaggregation.common.transfer_worker import TransferFailed
 from sglang.srt.disaggregation.common.utils import Blocks
+from sglang.srt.distributed.parallel_state import head_split
 from sglang.srt.env import envs
 from sglang.srt.utils.network import host_port
 
@@ -89,7 +91,16 @@ class CommonKVManager(BaseKVManager):
             "num_kv_regions": len(a.kv_data_ptrs),
             "device": a.device,
             "transfer": self.describe(),
+            **self.tp_info(),
         }
+
+    def tp_info(self) -> dict[str, Any]:
+        """This rank's place in its server's TP layout (tp_layout.py)."""
+        a = self.args
+        kv = int(a.model_shape.get("num_kv_heads", 1))
+        split = head_split(a.num_heads or kv, kv, a.tp_size, a.engine_rank)
+        return {"tp_size": a.tp_size, "tp_rank": a.engine_rank, "num_heads": a.num_heads or kv,
+                "kv_head_start": split.kv_start, "num_local_kv_heads": split.num_kv_heads}
 
     def backend_compat_problem(self, prefill_info: dict[str, Any]) -> Optional[str]:
         """Backend-specific mismatch with the prefill's registration, or None."""
@@ -111,10 +122,11 @@ class CommonKVManager(BaseKVManager):
         where = self.args.extra.get("bootstrap_host") or self.args.local_host
         register_prefill(host_port(where, self.args.bootstrap_port), info, secret)
 
-    def registration(self) -> RegisterMsg:
-        """Decode side: what the prefill needs to write into this decode's memory."""
+    def registration(self, sl: Optional[Slice] = None) -> RegisterMsg:
+        """Decode side: what the prefill needs to write into this decode's memory; ``sl``:
+        which of the prefill rank's heads go where (None: whole pages, same layout)."""
         a = self.args
-        return RegisterMsg(
+        msg = RegisterMsg(
             peer=self.endpoint,
             engine_rank=a.engine_rank,
             kv_ptrs=list(a.kv_data_ptrs),
@@ -122,7 +134,13 @@ class CommonKVManager(BaseKVManager):
             aux_ptrs=list(a.aux_data_ptrs),
             aux_item_lens=list(a.aux_item_lens),
             transfer=self.transfer_info(),
+            tp_size=a.tp_size,
         )
+        if sl is not None:
+            msg.src_head, msg.dst_head, msg.num_heads = sl.src_head, sl.dst_head, sl.num_heads
+            msg.dst_num_heads = self.tp_info()["num_local_kv_heads"]
+            msg.sends_aux = sl.sends_aux
+        return msg
 
     # ---- control plane -------------------------------------------------------------------
     def _on_message(self, msg: Message) -> None:

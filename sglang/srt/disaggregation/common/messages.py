@@ -35,6 +35,16 @@ class RegisterMsg:
     aux_ptrs: list[int]
     aux_item_lens: list[int]
     transfer: dict[str, Any] = field(default_factory=dict)  # backend's own: session, agent
+    # PD across TP ranks (tp_layout.py): ``num_heads`` KV heads from the prefill rank's local
+    # head ``src_head`` into this decode rank's local head ``dst_head`` of ``dst_num_heads``;
+    # -1: whole pages of the same layout (same TP). ``sends_aux``: this prefill rank writes the
+    # metadata row. ``tp_size``: the decode's --tp-size (for messages).
+    src_head: int = 0
+    dst_head: int = 0
+    num_heads: int = -1
+    dst_num_heads: int = -1
+    sends_aux: bool = True
+    tp_size: int = 1
 
     T = "register"
 
@@ -45,6 +55,8 @@ class MetadataMsg:
     room: int
     dst_pages: bytes  # int32 page indices, in prompt order
     dst_aux_index: int
+    # how many decode ranks send this prefill rank their pages for the room (TP: tp_layout.py)
+    expected_dsts: int = 1
 
     T = "metadata"
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 
@@ -36,11 +36,13 @@ from sglang.srt.disaggregation.common.messages import (
 from sglang.srt.disaggregation.common.peer_probe import PeerProbe
 from sglang.srt.disaggregation.common.room_table import (
     PeerInfo,
+    add_destination,
     RoomTable,
     SenderRoom,
     TransferInfo,
 )
-from sglang.srt.disaggregation.common.transfer_worker import TransferJob, TransferWorkers
+from sglang.srt.disaggregation.common.tp_layout import slice_problem
+from sglang.srt.disaggregation.common.transfer_worker import Dest, TransferJob, TransferWorkers
 from sglang.srt.env import envs
 
 if TYPE_CHECKING:
@@ -55,7 +57,7 @@ class PrefillSide:
         self.lock = self.rooms.lock
         self.peers: dict[str, PeerInfo] = {}
         self.failed_peers = PeerProbe(mgr.endpoint, mgr.control.send)
-        self.infos: dict[int, TransferInfo] = {}
+        self.infos: dict[int, list[TransferInfo]] = {}  # room -> its destinations (TP: several)
         self.early_aborts: dict[int, tuple[float, str]] = {}
         self.recent_failures: dict[int, tuple[float, str]] = {}  # cleared rooms that failed
         self._last_purge = time.monotonic()
@@ -64,22 +66,8 @@ class PrefillSide:
 
     # ---- control-plane handlers (control thread) -----------------------------------------
     def on_register(self, msg: RegisterMsg) -> None:
-        peer = PeerInfo(
-            endpoint=msg.peer,
-            engine_rank=msg.engine_rank,
-            kv_ptrs=list(msg.kv_ptrs),
-            kv_item_len=msg.kv_item_len,
-            aux_ptrs=list(msg.aux_ptrs),
-            aux_item_lens=list(msg.aux_item_lens),
-            transfer=msg.transfer,
-        )
-        problem = None
-        if peer.kv_item_len != self.mgr.args.kv_item_len:
-            problem = f"KV page bytes {peer.kv_item_len} != prefill {self.mgr.args.kv_item_len}"
-        elif len(peer.kv_ptrs) != len(self.mgr.args.kv_data_ptrs):
-            problem = f"{len(peer.kv_ptrs)} KV regions != prefill {len(self.mgr.args.kv_data_ptrs)}"
-        elif list(peer.aux_item_lens) != list(self.mgr.args.aux_item_lens):
-            problem = f"metadata rows {peer.aux_item_lens} != prefill {self.mgr.args.aux_item_lens}"
+        peer = PeerInfo.of(msg)
+        problem = slice_problem(self.mgr.args, self.mgr.tp_info()["num_local_kv_heads"], msg)
         if problem is not None:
             logger.error("Refusing decode %s: %s", msg.peer, problem)
             return
@@ -105,11 +93,10 @@ class PrefillSide:
             logger.warning("Request %d: %s", msg.room, reason)
             self._send_status(msg.peer, msg.room, KVPoll.Failed, reason, reregister=True)
             return
-        info = TransferInfo(msg.peer, msg.pages().copy(), msg.dst_aux_index)
+        info = TransferInfo(msg.peer, msg.pages().copy(), msg.dst_aux_index, msg.expected_dsts)
         with self.lock:
-            old = self.infos.get(msg.room)
-            if old is None:
-                self.infos[msg.room] = info
+            dsts, old = add_destination(self.infos, msg.room, info)
+            complete = len(dsts) == dsts[0].expected
         if old is not None:  # another request's (or a forged) claim on a room in flight
             reason = (f"bootstrap_room {msg.room} is already in flight on prefill "
                       f"{self.mgr.endpoint} (destination from decode {old.peer}); refused as a "
@@ -119,11 +106,12 @@ class PrefillSide:
                 self._send_status(msg.peer, msg.room, KVPoll.Failed, reason)
             return
         with self.lock:
-            self.rooms.set_status(msg.room, KVPoll.WaitingForInput)
             st = self.rooms.get(msg.room)
             reason = st.reason if st is not None and st.status == KVPoll.Failed else ""
             if msg.room in self.recent_failures:
                 reason = self.recent_failures[msg.room][1]
+            if not reason and complete:
+                self.rooms.set_status(msg.room, KVPoll.WaitingForInput)
         if reason:  # this room already failed here: tell the decode now
             if self.rooms.get(msg.room) is None:
                 with self.lock:
@@ -131,8 +119,9 @@ class PrefillSide:
             self._send_status(msg.peer, msg.room, KVPoll.Failed, reason)
             return
         logger.debug(
-            "Request %d: decode %s wants %d pages, aux row %d",
-            msg.room, msg.peer, len(info.dst_pages), msg.dst_aux_index,
+            "Request %d: decode %s wants %d pages, aux row %d (%d of %d destinations)",
+            msg.room, msg.peer, len(info.dst_pages), msg.dst_aux_index, len(dsts),
+            info.expected,
         )
         self._purge_stale()
 
@@ -141,12 +130,13 @@ class PrefillSide:
             reason = f"{ABORTED} (by the decode instance {msg.peer})"
         else:  # the decode failed the request: a failure here too, not an abort
             reason = f"the decode instance {msg.peer} failed the request: {msg.reason}"
-        info = self.infos.get(msg.room)
-        if msg.peer not in self.peers or (info is not None and info.peer != msg.peer):
+        dsts = self.infos.get(msg.room)
+        peers = [d.peer for d in dsts] if dsts else []
+        if msg.peer not in self.peers or (dsts and msg.peer not in peers):
             # a stranger's abort, or one for another decode's room: neither may touch it
             logger.warning("Request %d: abort from decode %s ignored (%s)", msg.room, msg.peer,
-                           "not registered" if info is None or msg.peer not in self.peers
-                           else f"the room's decode is {info.peer}")
+                           "not registered" if not dsts or msg.peer not in self.peers
+                           else f"the room's decode is {peers[0]}")
             return
         with self.lock:
             self.infos.pop(msg.room, None)
@@ -154,6 +144,9 @@ class PrefillSide:
                 self.early_aborts[msg.room] = (time.monotonic(), reason)
             elif self.rooms.set_status(msg.room, KVPoll.Failed, reason):
                 logger.info("Request %d: %s", msg.room, reason)
+        for other in peers:  # the room's other decode ranks: their prefill part failed too
+            if other != msg.peer:
+                self._send_status(other, msg.room, KVPoll.Failed, reason)
         self.workers.after_pending(msg.room, lambda: self._ack_abort(msg.peer, msg.room))
 
     def on_pong(self, msg: PongMsg) -> None:
@@ -179,16 +172,21 @@ class PrefillSide:
             early = self.early_aborts.pop(room, None)
             if early is not None:
                 st.status, st.reason = KVPoll.Failed, early[1]
-            elif room in self.infos:
+            elif self._first(room) is not None:
                 st.status = KVPoll.WaitingForInput
             self.rooms.add(st)
         return True
+
+    def _first(self, room: int) -> Optional[TransferInfo]:
+        """The room's first destination once all of them arrived, else None."""
+        dsts = self.infos.get(room)
+        return dsts[0] if dsts and len(dsts) == dsts[0].expected else None
 
     def init_room(self, room: int, num_pages: int, aux_index: int) -> None:
         st = self.rooms.get(room)
         if st is None or st.status == KVPoll.Failed:
             return
-        info = self.infos.get(room)
+        info = self._first(room)
         if info is None:
             self.fail(room, "init() called before the decode's destination pages arrived")
             return
@@ -207,7 +205,7 @@ class PrefillSide:
             st = self.rooms.get(room)
             if st is None or st.status == KVPoll.Failed:
                 return
-            info = self.infos.get(room)
+            info = self._first(room)
             src = np.asarray(pages, dtype=np.int32).reshape(-1)
             problem = st.check_send(info, len(src), last_chunk)
             if problem is None:
@@ -218,12 +216,11 @@ class PrefillSide:
                 self.rooms.set_status(room, KVPoll.Transferring)
                 job = TransferJob(
                     room=room,
-                    peer=info.peer,
+                    dsts=[Dest(d.peer, d.dst_pages[start : start + len(src)], d.dst_aux_index)
+                          for d in self.infos[room]],
                     src_pages=src,
-                    dst_pages=info.dst_pages[start : start + len(src)],
                     last_chunk=last_chunk,
                     aux_index=st.aux_index if st.aux_index is not None else -1,
-                    dst_aux_index=info.dst_aux_index,
                 )
         if problem is not None:
             self.fail(room, problem, notify=True)
@@ -271,9 +268,9 @@ class PrefillSide:
         if not self.rooms.set_status(room, KVPoll.Failed, reason):
             return
         logger.warning("Request %d failed: %s", room, reason)
-        info = self.infos.get(room)
-        if notify and info is not None:
-            self._send_status(info.peer, room, KVPoll.Failed, reason)
+        if notify:
+            for info in list(self.infos.get(room) or ()):
+                self._send_status(info.peer, room, KVPoll.Failed, reason)
 
     def _send_status(
         self, peer: str, room: int, status: KVPoll, reason: str = "", reregister: bool = False
@@ -292,7 +289,7 @@ class PrefillSide:
         self._last_purge = now
         limit = envs.bootstrap_timeout
         with self.lock:
-            for room in [r for r, i in self.infos.items() if now - i.received > limit]:
+            for room in [r for r, i in self.infos.items() if now - i[0].received > limit]:
                 if self.rooms.get(room) is None:
                     del self.infos[room]
             for table in (self.early_aborts, self.recent_failures):

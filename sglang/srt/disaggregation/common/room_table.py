@@ -69,7 +69,12 @@ class SenderRoom(RoomState):
 class ReceiverRoom(RoomState):
     """Decode side of a room."""
 
-    prefill_endpoint: str = ""  # the prefill manager's PULL endpoint, known after handshake
+    prefill_endpoint: str = ""  # prefill rank 0's manager (PULL endpoint), after handshake
+    # Every prefill rank this decode rank takes heads from: endpoint -> how many decode ranks it
+    # serves (tp_layout.py; one entry, expecting 1, for same-TP pairs).
+    sources: dict[str, int] = field(default_factory=dict)
+    succeeded: set[str] = field(default_factory=set)  # sources that reported Success
+    acked: set[str] = field(default_factory=set)  # sources that will not write any more
     metadata_sent_at: Optional[float] = None
     num_pages: int = 0
     # The prefill will not write into this room's pages any more (it acknowledged the abort,
@@ -84,6 +89,7 @@ class TransferInfo:
     peer: str
     dst_pages: np.ndarray
     dst_aux_index: int
+    expected: int = 1  # destinations (decode ranks) this room has on this prefill rank
     received: float = field(default_factory=time.monotonic)
 
 
@@ -99,6 +105,37 @@ class PeerInfo:
     aux_item_lens: list[int]
     transfer: dict[str, Any]  # backend's own registration fields
     handle: Any = None  # backend's own handle (e.g. the NIXL remote agent name)
+    # which heads go where (RegisterMsg; num_heads -1: whole pages, same layout)
+    src_head: int = 0
+    dst_head: int = 0
+    num_heads: int = -1
+    dst_num_heads: int = -1
+    sends_aux: bool = True
+
+    @classmethod
+    def of(cls, msg: Any) -> "PeerInfo":
+        """From a RegisterMsg."""
+        return cls(msg.peer, msg.engine_rank, list(msg.kv_ptrs), msg.kv_item_len,
+                   list(msg.aux_ptrs), list(msg.aux_item_lens), msg.transfer,
+                   src_head=msg.src_head, dst_head=msg.dst_head, num_heads=msg.num_heads,
+                   dst_num_heads=msg.dst_num_heads, sends_aux=msg.sends_aux)
+
+
+def add_destination(infos: dict[int, list[TransferInfo]], room: int,
+                    info: TransferInfo) -> tuple[list[TransferInfo], Optional[TransferInfo]]:
+    """Add a decode rank's destination to the room's (call under the lock); returns the room's
+    destinations and, if ``info`` was refused (a second claim from the same decode, one more
+    than expected, or one that disagrees with the first), the first destination."""
+    dsts = infos.get(room)
+    if dsts is None:
+        infos[room] = [info]
+        return infos[room], None
+    first = dsts[0]
+    if (any(d.peer == info.peer for d in dsts) or len(dsts) >= first.expected
+            or info.expected != first.expected or len(info.dst_pages) != len(first.dst_pages)):
+        return dsts, first
+    dsts.append(info)
+    return dsts, None
 
 
 S = TypeVar("S", bound=RoomState)

@@ -23,7 +23,10 @@ import numpy as np
 from sglang.srt.disaggregation.base.conn import KVPoll
 from sglang.srt.disaggregation.common import faults
 from sglang.srt.disaggregation.common.messages import StatusMsg
+from sglang.srt.disaggregation.common.room_table import PeerInfo
+from sglang.srt.disaggregation.common.tp_layout import head_slice_blocks, same_layout
 from sglang.srt.disaggregation.common.utils import (
+    Blocks,
     aux_blocks,
     group_concurrent_contiguous,
     kv_blocks,
@@ -43,14 +46,21 @@ class TransferFailed(RuntimeError):
 
 
 @dataclass
+class Dest:
+    """One decode rank a chunk goes to: its pages for the chunk and its metadata row."""
+
+    peer: str
+    dst_pages: np.ndarray
+    dst_aux_index: int
+
+
+@dataclass
 class TransferJob:
     room: int
-    peer: str
+    dsts: list[Dest]  # one per decode rank served by this prefill rank (same TP: one)
     src_pages: np.ndarray
-    dst_pages: np.ndarray
     last_chunk: bool
     aux_index: int
-    dst_aux_index: int
 
 
 class TransferWorkers:
@@ -93,27 +103,48 @@ class TransferWorkers:
                 self.side.fail(job.room, f"Transfer worker error for {job.room}: {e}", True)
 
     def _execute(self, job: TransferJob) -> None:
+        for dest in job.dsts:
+            if not self._write(job, dest):
+                return
+        logger.debug("Request %d: wrote %d pages to %d decode rank(s)%s", job.room,
+                     len(job.src_pages), len(job.dsts), " (last chunk + aux)" if job.last_chunk
+                     else "")
+        if job.last_chunk:
+            self._conclude(job)
+
+    def _blocks(self, job: TransferJob, dest: Dest, peer: PeerInfo) -> Blocks:
+        args = self.mgr.args
+        local = self.mgr.tp_info()["num_local_kv_heads"]
+        if peer.num_heads == -1 or same_layout(local, peer.dst_num_heads, peer.num_heads):
+            runs = group_concurrent_contiguous(*sort_pairs(job.src_pages, dest.dst_pages))
+            return kv_blocks(runs, args.kv_data_ptrs, peer.kv_ptrs, args.kv_item_len)
+        return head_slice_blocks(job.src_pages, dest.dst_pages, args.kv_data_ptrs, peer.kv_ptrs,
+                                 args.kv_item_len, peer.kv_item_len, args.page_size, local,
+                                 peer.dst_num_heads, peer.src_head, peer.dst_head,
+                                 peer.num_heads)
+
+    def _write(self, job: TransferJob, dest: Dest) -> bool:
+        """Write the chunk into one decode rank; False once the room failed."""
         side, room = self.side, job.room
         st = side.rooms.get(room)
         if st is None or st.status == KVPoll.Failed:
-            return  # aborted or cleared: drop the chunk
-        peer = side.peers.get(job.peer)
-        if peer is None or job.peer in side.failed_peers:
+            return False  # aborted or cleared: drop the chunk
+        peer = side.peers.get(dest.peer)
+        if peer is None or dest.peer in side.failed_peers:
             side.fail(
                 room,
-                f"Decode instance {job.peer} could be dead: an earlier transfer to it failed; "
+                f"Decode instance {dest.peer} could be dead: an earlier transfer to it failed; "
                 f"request {room} is not sent",
                 notify=True,
             )
-            return
+            return False
         args = self.mgr.args
-        runs = group_concurrent_contiguous(*sort_pairs(job.src_pages, job.dst_pages))
-        blocks = kv_blocks(runs, args.kv_data_ptrs, peer.kv_ptrs, args.kv_item_len)
+        blocks = self._blocks(job, dest, peer)
         aux = None
-        if job.last_chunk:
+        if job.last_chunk and peer.sends_aux:
             aux = aux_blocks(
                 args.aux_data_ptrs, peer.aux_ptrs, args.aux_item_lens,
-                job.aux_index, job.dst_aux_index,
+                job.aux_index, dest.dst_aux_index,
             )
         if st.t_first is None:
             st.t_first = time.monotonic()
@@ -121,7 +152,7 @@ class TransferWorkers:
             time.sleep(envs.test_transfer_delay)
         try:
             if envs.test_write_delay_ms or envs.test_write_failure_prob:  # test-only knobs
-                faults.before_write("KV" if blocks.src else "metadata", job.peer)
+                faults.before_write("KV" if blocks.src else "metadata", dest.peer)
             if aux is not None and blocks.src and self.mgr.merges_aux(peer):
                 self.mgr.write(peer, blocks + aux, "kv")  # one engine call, one completion
             else:
@@ -131,20 +162,14 @@ class TransferWorkers:
                     self.mgr.write(peer, aux, "aux")
         except Exception as e:
             if not isinstance(e, faults.InjectedWriteFailure):
-                side.mark_failed(job.peer)
+                side.mark_failed(dest.peer)
             if st.status == KVPoll.Failed:  # fail() would say nothing of an aborted room
-                logger.warning("Request %d (aborted): write to %s failed: %s", room, job.peer, e)
-            side.fail(room, f"Failed to send kv chunk of {room} to {job.peer}: {e}", notify=True)
-            return
+                logger.warning("Request %d (aborted): write to %s failed: %s", room, dest.peer, e)
+            side.fail(room, f"Failed to send kv chunk of {room} to {dest.peer}: {e}", notify=True)
+            return False
         st.bytes += blocks.total_bytes()
         st.blocks += len(blocks.src)
-        logger.debug(
-            "Request %d: wrote %d pages in %d blocks to %s%s",
-            room, len(job.src_pages), len(blocks.src), job.peer,
-            " (last chunk + aux)" if job.last_chunk else "",
-        )
-        if job.last_chunk:
-            self._conclude(job)
+        return True
 
     def _conclude(self, job: TransferJob) -> None:
         side, room = self.side, job.room
@@ -153,9 +178,11 @@ class TransferWorkers:
             return
         st.t_done = time.monotonic()
         msg = StatusMsg(self.mgr.endpoint, room, int(KVPoll.Success))
-        if not self.mgr.control.send(job.peer, msg):
-            side.fail(room, f"Could not tell decode {job.peer} that request {room} arrived")
-            return
+        for dest in job.dsts:
+            if not self.mgr.control.send(dest.peer, msg):
+                side.fail(room, f"Could not tell decode {dest.peer} that request {room} arrived",
+                          notify=True)
+                return
         side.rooms.set_status(room, KVPoll.Success)
         if logger.isEnabledFor(logging.DEBUG):
             m = side.metric(room)
