@@ -16,8 +16,6 @@ _CPU_GRAPH = "this engine runs eagerly (no CUDA graphs, no torch.compile)"
 # flag -> what to do instead (the generic advice, "drop it", is always given)
 UNSUPPORTED_FLAGS: dict[str, str] = {
     # parallelism
-    "--dp-size": _SCALE_OUT,
-    "--data-parallel-size": _SCALE_OUT,
     "--pp-size": "pipeline parallelism is not implemented",
     "--pipeline-parallel-size": "pipeline parallelism is not implemented",
     "--ep-size": "expert parallelism is not implemented",

@@ -115,7 +115,9 @@ class PDCluster:
 
 def launch_pd_cluster(model_path: str, log_dir: str, backend: str = "mooncake",
                       num_prefill: int = 1, num_decode: int = 1,
-                      args: Optional[list[str]] = None, env: Optional[dict] = None) -> PDCluster:
+                      args: Optional[list[str]] = None, env: Optional[dict] = None,
+                      prefill_args: Optional[list[str]] = None) -> PDCluster:
+    """``args`` go to every server, ``prefill_args`` to the prefills only (e.g. --dp-size)."""
     prefills, decodes, ports = [], [], []
     common = ["--disaggregation-transfer-backend", backend, *(args or [])]
     try:
@@ -125,7 +127,7 @@ def launch_pd_cluster(model_path: str, log_dir: str, backend: str = "mooncake",
             prefills.append(launch_server(
                 model_path, log_dir, f"prefill{i}",
                 ["--disaggregation-mode", "prefill", "--disaggregation-bootstrap-port",
-                 str(bport), *common], env))
+                 str(bport), *common, *(prefill_args or [])], env))
         for i in range(num_decode):
             # A request routed with bootstrap_port null (sglang-router's --prefill URL without a
             # port) goes to the decode's own --disaggregation-bootstrap-port: the first prefill's,

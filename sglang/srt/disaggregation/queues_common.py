@@ -83,8 +83,10 @@ def kv_args_of(ctx: PDContext, aux: tuple[list[int], list[int], list[int]]) -> K
         local_host=reachable_host(args.host),
         bootstrap_port=args.disaggregation_bootstrap_port,
         # the bootstrap server listens where --host says (0.0.0.0: every interface), while
-        # local_host is the address peers are told to reach
-        extra={"bootstrap_host": args.host},
+        # local_host is the address peers are told to reach; with --dp-size, replica 0 runs it
+        # and every replica registers under its dp_rank
+        extra={"bootstrap_host": args.host, "dp_rank": ctx.dp_rank, "dp_size": args.dp_size,
+               "start_bootstrap_server": ctx.dp_rank == 0},
     )
 
 

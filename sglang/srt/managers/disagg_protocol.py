@@ -92,6 +92,7 @@ class PDContext:
     stats: StatsSink
     max_running: int
     device: str
+    dp_rank: int = 0  # this scheduler's replica (--dp-size); the prefill registers under it
 
 
 class DisaggLayer(Protocol):
