@@ -1,7 +1,7 @@
 """``launch_server --dp-size 2`` (two scheduler replicas behind one HTTP server) against the
 session's unified dp=1 reference: same greedy answers for concurrent requests, spread evenly by
 round robin (each replica's own request counter in /get_server_info), /get_load and /v1/loads
-per replica, /flush_cache reaching both, both pools whole; then one replica killed makes the
+per replica, /flush_cache reaching both, both pools whole, /metrics with a dp_rank label; then one replica killed makes the
 server answer 503 naming it. Also the flags' validation and the replica choice (unit)."""
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ PROMPTS = ["Hello, my name is", STORY + "One day", STORY + "The boats", "The cap
 
 @pytest.fixture(scope="module")
 def dp2(tiny_model, log_dir):
-    proc = launch_server(tiny_model, log_dir, "dp2", [*ARGS, "--dp-size", "2"])
+    proc = launch_server(tiny_model, log_dir, "dp2", [*ARGS, "--dp-size", "2", "--enable-metrics"])
     yield proc
     proc.stop()
 
@@ -71,6 +71,9 @@ def test_dp2_answers_equal_dp1_and_spreads_requests(dp2, unified):
     assert bad.status_code == 400 and "[0, 2)" in bad.json()["error"]["message"]
     assert requests.post(dp2.url + "/flush_cache", timeout=10).status_code == 200
     assert [s["kv_pool"]["cached_pages"] for s in pool_states(dp2.url)] == [0, 0]
+    metrics = requests.get(dp2.url + "/metrics", timeout=10).text  # one series per replica
+    pools = re.findall(r'^sglang:max_total_num_tokens\{dp_rank="(\d)".* (\S+)$', metrics, re.M)
+    assert sorted(pools) == [("0", "4096.0"), ("1", "4096.0")], metrics[:2000]
 
 
 def test_killed_replica_makes_the_server_answer_503(dp2):

@@ -76,7 +76,7 @@ class Scheduler(SchedulerReportsMixin):
         self.context_len = self.model_config.context_length
         layout = self.runner.kv_layout(args.page_size, args.kv_cache_dtype)
         pages = kv_pool_pages(layout.bytes_per_token, args.page_size, self.device,
-                              args.max_total_tokens, args.mem_fraction_static)
+                              args.max_total_tokens, args.mem_fraction_static, args.dp_size)
         pages = tp_min_int(pages)  # every rank must schedule on the same pool size
         self.pool = KVPool(layout, pages, self.device)
         self.runner.set_kv_pool(self.pool)
@@ -97,7 +97,7 @@ class Scheduler(SchedulerReportsMixin):
         self.running: list[Req] = []
         self.outbox: list[ReqOutput] = []
         self.forward_ct = self.num_received_reqs = 0
-        self.metrics = SchedulerStatsRecorder(args.enable_metrics)  # pushed to the HTTP process
+        self.metrics = SchedulerStatsRecorder(args.enable_metrics, dp_rank)  # to the HTTP process
         self.pd = args.disaggregation_mode != "null"
         if self.pd and make_disagg is None:
             raise ValueError(f"--disaggregation-mode {args.disaggregation_mode} needs a PD layer")
