@@ -1,8 +1,9 @@
 """``launch_server --dp-size 2`` (two scheduler replicas behind one HTTP server) against the
 session's unified dp=1 reference: same greedy answers for concurrent requests, spread evenly by
 round robin (each replica's own request counter in /get_server_info), /get_load and /v1/loads
-per replica, /flush_cache reaching both, both pools whole, /metrics with a dp_rank label; then one replica killed makes the
-server answer 503 naming it. Also the flags' validation and the replica choice (unit)."""
+per replica, /flush_cache reaching both, both pools whole, /metrics with a dp_rank label; then
+one replica killed makes the server answer 503 naming it. Also the flags' validation and the
+replica choice (unit)."""
 
 from __future__ import annotations
 
