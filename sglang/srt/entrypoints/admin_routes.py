@@ -153,7 +153,7 @@ def register_admin_routes(app: FastAPI, tm: Any, state: Any) -> None:
     async def v1_loads(request: Request) -> Any:
         include = _parse_include(request)
         rank, n = request.query_params.get("dp_rank"), tm.dp.dp_size
-        if rank is not None and not (rank.isdigit() and int(rank) < n):
+        if rank is not None and not (rank.isascii() and rank.isdigit() and int(rank) < n):
             raise BadRequestError(f"dp_rank must be an integer in [0, {n}) (this server's "
                                   f"--dp-size {n}), got {rank!r:.40}")
         fmt = request.query_params.get("format", "json")
