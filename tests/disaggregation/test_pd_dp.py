@@ -15,8 +15,9 @@ from pool_checks import assert_pool_whole, pool_states
 
 from sglang.srt.utils.network import free_port
 from sglang.test.server_utils import launch_server, start
-from test_pd_e2e import GREEDY, STORY, gen
+from test_pd_e2e import STORY, gen
 
+GREEDY = {"temperature": 0, "max_new_tokens": 8}
 ARGS = ["--chunked-prefill-size", "32", "--page-size", "4", "--max-total-tokens", "4096",
         "--context-length", "1024", "--disaggregation-transfer-backend", "mooncake"]
 
