@@ -1,4 +1,5 @@
-"""Read a server's KV-pool state from /get_server_info and assert no page is lost."""
+"""Read a server's KV-pool state from /get_server_info and assert no page is lost (on every DP
+replica of a ``--dp-size`` server)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,13 @@ import time
 import requests
 
 
+def pool_states(url: str) -> list[dict]:
+    """Every DP replica's scheduler state."""
+    return requests.get(url + "/get_server_info", timeout=10).json()["internal_states"]
+
+
 def pool_state(url: str) -> dict:
-    info = requests.get(url + "/get_server_info", timeout=10).json()
-    return info["internal_states"][0]
+    return pool_states(url)[0]
 
 
 def idle_and_whole(state: dict) -> bool:
@@ -28,11 +33,12 @@ def idle_and_whole(state: dict) -> bool:
 
 
 def assert_pool_whole(url: str, timeout: float = 20) -> dict:
-    """Wait until the server is idle, then assert every KV page is free or cached."""
+    """Wait until the server is idle, then assert every KV page is free or cached, on every DP
+    replica; returns the first replica's state."""
     deadline = time.time() + timeout
-    state = pool_state(url)
-    while not idle_and_whole(state) and time.time() < deadline:
+    states = pool_states(url)
+    while not all(map(idle_and_whole, states)) and time.time() < deadline:
         time.sleep(0.2)
-        state = pool_state(url)
-    assert idle_and_whole(state), f"KV pool not whole at {url}: {state}"
-    return state
+        states = pool_states(url)
+    assert all(map(idle_and_whole, states)), f"KV pool not whole at {url}: {states}"
+    return states[0]

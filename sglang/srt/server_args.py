@@ -16,6 +16,8 @@ TRANSFER_BACKENDS = ("mooncake", "mooncake_tcp", "nixl", "fake")
 # dequantized on read.
 KV_CACHE_DTYPES = ("auto", "bf16", "bfloat16", "fp16", "float16", "fp8_e4m3", "fp8_e5m2")
 SCHEDULE_POLICIES = ("fcfs", "lpm")
+# how --dp-size replicas share the requests (SGLang's names; a prefill follows the room)
+LOAD_BALANCE_METHODS = ("round_robin", "follow_bootstrap_room")
 
 
 @dataclass
@@ -48,6 +50,9 @@ class ServerArgs:
     nnodes: int = 1
     node_rank: int = 0
     dist_init_addr: Optional[str] = None  # HOST:PORT of the torch.distributed rendezvous
+    # --dp-size N: N scheduler replicas (each tp_size ranks) behind this HTTP server
+    dp_size: int = 1
+    load_balance_method: str = "round_robin"
     kv_cache_dtype: str = "auto"
     schedule_policy: str = "fcfs"
     max_queued_requests: Optional[int] = None
@@ -103,6 +108,7 @@ class ServerArgs:
         if self.tp_size < 1:
             bad(f"--tp-size must be >= 1, got {self.tp_size}")
         self._check_nodes(bad)
+        self._check_dp(bad)
         if self.kv_cache_dtype not in KV_CACHE_DTYPES:
             bad(f"--kv-cache-dtype must be one of {', '.join(KV_CACHE_DTYPES)}, "
                 f"got {self.kv_cache_dtype!r}")
@@ -143,6 +149,19 @@ class ServerArgs:
             if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
                 bad(f"--dist-init-addr must be HOST:PORT, got {self.dist_init_addr!r}")
 
+    def _check_dp(self, bad) -> None:
+        if self.dp_size < 1:
+            bad(f"--dp-size must be >= 1, got {self.dp_size}")
+        if self.load_balance_method not in LOAD_BALANCE_METHODS:
+            bad(f"--load-balance-method must be one of {', '.join(LOAD_BALANCE_METHODS)}, "
+                f"got {self.load_balance_method!r}")
+        if self.dp_size > 1 and self.nnodes > 1:
+            bad(f"--dp-size {self.dp_size} with --nnodes {self.nnodes}: data parallelism runs "
+                "on one node here; start one server per node behind a router instead")
+        if self.disaggregation_mode == "prefill" and self.load_balance_method == "round_robin":
+            # as SGLang: a decode finds the prefill replica of a request as room % dp_size
+            self.load_balance_method = "follow_bootstrap_room"
+
     @property
     def url(self) -> str:
         return f"http://{host_port(self.host, self.port)}"
@@ -182,6 +201,11 @@ class ServerArgs:
         a("--node-rank", type=int, default=0, help="this machine's index (0 serves HTTP)")
         a("--dist-init-addr", "--nccl-init-addr", default=None,
           help="HOST:PORT on node 0 where the ranks meet (torch.distributed rendezvous)")
+        a("--dp-size", "--data-parallel-size", type=int, default=1,
+          help="scheduler replicas (each --tp-size ranks) behind this server")
+        a("--load-balance-method", default=d["load_balance_method"].default,
+          help="how requests go to the DP replicas: " + " or ".join(LOAD_BALANCE_METHODS)
+          + " (bootstrap_room %% dp-size; a prefill server always follows the room)")
         a("--kv-cache-dtype", default="auto", choices=list(KV_CACHE_DTYPES))
         a("--schedule-policy", default=d["schedule_policy"].default,
           choices=list(SCHEDULE_POLICIES))

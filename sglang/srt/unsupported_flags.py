@@ -10,14 +10,13 @@ from __future__ import annotations
 
 from typing import Optional
 
-_SCALE_OUT = "run one server per replica behind sglang-router or mini_lb instead"
+_SCALE_OUT = ("DP attention is not implemented: use --dp-size N (whole replicas behind one server) "
+              "or one server per replica behind sglang-router or mini_lb")
 _CPU_GRAPH = "this engine runs eagerly (no CUDA graphs, no torch.compile)"
 
 # flag -> what to do instead (the generic advice, "drop it", is always given)
 UNSUPPORTED_FLAGS: dict[str, str] = {
     # parallelism
-    "--dp-size": _SCALE_OUT,
-    "--data-parallel-size": _SCALE_OUT,
     "--pp-size": "pipeline parallelism is not implemented",
     "--pipeline-parallel-size": "pipeline parallelism is not implemented",
     "--ep-size": "expert parallelism is not implemented",

@@ -109,7 +109,7 @@ def test_health_and_ready_503_while_starting(tiny_model, log_dir):
 
 
 @pytest.mark.parametrize("argv,needle", [
-    (["--dp-size", "2"], "--dp-size is an SGLang flag that this project does not implement"),
+    (["--dp-size", "0"], "--dp-size must be >= 1, got 0"),
     (["--enable-torch-compile"], "drop --enable-torch-compile"),
     (["--cuda-graph-max-bs=8"], "--cuda-graph-max-bs is an SGLang flag"),
     (["--chat-template", "no-such-template"], "neither a file nor a shipped template (chatml"),

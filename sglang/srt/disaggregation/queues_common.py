@@ -89,8 +89,10 @@ def kv_args_of(ctx: PDContext, aux: tuple[list[int], list[int], list[int]]) -> K
         local_host=advertised_host(args.host),
         bootstrap_port=args.disaggregation_bootstrap_port,
         # the bootstrap server and the control socket listen where --host says (0.0.0.0:
-        # every interface)
-        extra={"bootstrap_host": args.host},
+        # every interface); with --dp-size, replica 0 runs the bootstrap server and every
+        # replica registers under its dp_rank
+        extra={"bootstrap_host": args.host, "dp_rank": ctx.dp_rank, "dp_size": args.dp_size,
+               "start_bootstrap_server": ctx.dp_rank == 0},
     )
 
 

@@ -30,8 +30,8 @@ def _unavailable(message: str) -> JSONResponse:
     return error_response(message, 503)
 
 
-def v1_loads_body(tm: Any, st: dict[str, Any], include: set[str]) -> dict[str, Any]:
-    """SGLang's GET /v1/loads answer from the scheduler's state (one DP rank)."""
+def _one_load(tm: Any, st: dict[str, Any], include: set[str]) -> dict[str, Any]:
+    """One DP rank's entry of GET /v1/loads, from its scheduler's state."""
     pool = st["kv_pool"]
     pd = st.get("disaggregation", {})
     queued = sum(v for k, v in pd.items() if k.endswith("_queue") and isinstance(v, int))
@@ -39,7 +39,7 @@ def v1_loads_body(tm: Any, st: dict[str, Any], include: set[str]) -> dict[str, A
     cap = pool["max_total_num_tokens"]
     running, waiting = st["num_running_reqs"], st["num_waiting_reqs"] + queued
     load: dict[str, Any] = {
-        "dp_rank": 0,
+        "dp_rank": st.get("dp_rank", 0),
         "num_running_reqs": running,
         "num_waiting_reqs": waiting,
         "num_total_reqs": running + waiting,
@@ -54,18 +54,27 @@ def v1_loads_body(tm: Any, st: dict[str, Any], include: set[str]) -> dict[str, A
     if include & {"queues", "all"}:
         load["queues"] = {"waiting": st["num_waiting_reqs"],
                           **{k: v for k, v in pd.items() if k.endswith("_queue")}}
+    return load
+
+
+def v1_loads_body(tm: Any, states: list[dict[str, Any]], include: set[str],
+                  dp_size: int = 1) -> dict[str, Any]:
+    """SGLang's GET /v1/loads answer from the schedulers' states (every DP rank, or the one
+    asked for); ``dp_size``: how many the server has."""
+    loads = [_one_load(tm, st, include) for st in states]
+    total = lambda k: sum(ld[k] for ld in loads)  # noqa: E731
     return {
         "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(),
         "version": __version__,
-        "dp_rank_count": 1,
-        "loads": [load],
+        "dp_rank_count": dp_size,
+        "loads": loads,
         "aggregate": {
-            "total_running_reqs": running,
-            "total_waiting_reqs": waiting,
-            "total_reqs": running + waiting,
-            "total_used_tokens": used,
-            "total_tokens": used,
-            "avg_token_usage": load["token_usage"],
+            "total_running_reqs": total("num_running_reqs"),
+            "total_waiting_reqs": total("num_waiting_reqs"),
+            "total_reqs": total("num_total_reqs"),
+            "total_used_tokens": total("num_used_tokens"),
+            "total_tokens": total("num_total_tokens"),
+            "avg_token_usage": round(total("token_usage") / len(loads), 4) if loads else 0.0,
         },
     }
 
@@ -109,8 +118,8 @@ def register_admin_routes(app: FastAPI, tm: Any, state: Any) -> None:
     async def health_generate() -> Response:
         try:
             if tm.server_args.disaggregation_mode != "null":
-                # A PD server cannot run a request alone: check that the scheduler answers.
-                await tm.rpc("get_info", timeout=envs.health_check_timeout)
+                # A PD server cannot run a request alone: check that the schedulers answer.
+                await tm.rpc_all("get_info", timeout=envs.health_check_timeout)
                 return Response(status_code=200)
             obj = GenerateReqInput(input_ids=[0], sampling_params={"max_new_tokens": 1})
 
@@ -143,18 +152,21 @@ def register_admin_routes(app: FastAPI, tm: Any, state: Any) -> None:
     @app.get("/v1/loads")
     async def v1_loads(request: Request) -> Any:
         include = _parse_include(request)
-        rank = request.query_params.get("dp_rank")
-        if rank is not None and rank != "0":
-            raise BadRequestError(f"dp_rank: this server has one DP rank (0), got {rank!r}")
+        rank, n = request.query_params.get("dp_rank"), tm.dp.dp_size
+        if rank is not None and not (rank.isascii() and rank.isdigit() and int(rank) < n):
+            raise BadRequestError(f"dp_rank must be an integer in [0, {n}) (this server's "
+                                  f"--dp-size {n}), got {rank!r:.40}")
         fmt = request.query_params.get("format", "json")
         if fmt != "json":
             raise BadRequestError(f"format: only 'json' is served here, got {fmt!r}; "
                                   "Prometheus metrics are on /metrics (--enable-metrics)")
         try:
-            st = await tm.rpc("get_info", timeout=envs.health_check_timeout)
+            states = await tm.internal_states(envs.health_check_timeout)
         except (RuntimeError, asyncio.TimeoutError) as e:
             return _unavailable(f"the scheduler did not answer: {e or 'timeout'}")
-        return JSON(v1_loads_body(tm, st, include))
+        if rank is not None:
+            states = [states[int(rank)]]
+        return JSON(v1_loads_body(tm, states, include, n))
 
     @app.get("/v1/models/{model:path}")
     async def v1_model(model: str) -> Response:

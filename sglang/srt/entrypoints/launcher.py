@@ -1,17 +1,22 @@
-"""Start the scheduler processes (one per TP rank of this node) and build the TokenizerManager
-that talks to rank 0. The ranks join one ``torch.distributed`` group at ``--dist-init-addr`` (a
-free loopback port when one node)."""
+"""Start the scheduler processes (one per TP rank of this node, times ``--dp-size`` replicas)
+and build the TokenizerManager that talks to each replica's rank 0. A replica's ranks join one
+``torch.distributed`` group at ``--dist-init-addr`` (replica d at its port + d; a free loopback
+port when one node). A PD prefill's replicas share replica 0's bootstrap server: the launcher
+hands them one secret (SGLANG_DISAGGREGATION_BOOTSTRAP_SECRET in their environment only)."""
 
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import logging
 import multiprocessing as mp
 import os
+import secrets
 import signal
 import tempfile
 from typing import Optional
 
+from sglang.srt.env import envs
 from sglang.srt.managers.io_struct import SchedulerReady
 from sglang.srt.entrypoints.scheduler_process import run_scheduler_process
 from sglang.srt.managers.tokenizer_manager import TokenizerManager
@@ -21,13 +26,17 @@ from sglang.srt.utils.network import LOOPBACK, free_port, host_port
 logger = logging.getLogger(__name__)
 
 
-class SchedulerHandle:
-    """The scheduler processes; ``proc`` is TP rank 0's (the one the HTTP process watches: it
-    exits when another rank dies)."""
+SECRET_ENV = "SGLANG_DISAGGREGATION_BOOTSTRAP_SECRET"
 
-    def __init__(self, procs: list[mp.Process]):
+
+class SchedulerHandle:
+    """The scheduler processes; ``leaders`` are each DP replica's TP rank 0 (the ones the HTTP
+    process watches: a rank 0 exits when another rank of its group dies), ``proc`` the first."""
+
+    def __init__(self, procs: list[mp.Process], leaders: Optional[list[mp.Process]] = None):
         self.procs = procs
         self.proc = procs[0]
+        self.leaders = leaders or [procs[0]]
 
     def shutdown(self) -> None:
         for proc in self.procs:
@@ -62,17 +71,43 @@ def resolve_model_path(args: ServerArgs) -> None:
 def launch_engine(args: ServerArgs) -> tuple[TokenizerManager, SchedulerHandle]:
     resolve_model_path(args)
     ipc_dir = tempfile.mkdtemp(prefix="sglang-ipc-")
-    to_sched = f"ipc://{ipc_dir}/to_scheduler"
+    to_sched = [f"ipc://{ipc_dir}/to_scheduler_{d}" for d in range(args.dp_size)]
     to_tm = f"ipc://{ipc_dir}/to_tokenizer"
     handle, infos = start_schedulers(args, to_sched, to_tm)
-    tm = TokenizerManager(args, infos[0], recv_addr=to_tm, send_addr=to_sched)
+    leaders = infos[:: len(infos) // args.dp_size]  # each replica's rank 0
+    info = dict(leaders[0], max_total_num_tokens=min(i["max_total_num_tokens"] for i in leaders))
+    tm = TokenizerManager(args, info, recv_addr=to_tm, send_addr=to_sched)
     return tm, handle
 
 
-def start_schedulers(args: ServerArgs, to_sched: Optional[str] = None,
+def _replica_env(args: ServerArgs) -> dict[str, str]:
+    """What the scheduler processes' environment gains: the bootstrap secret a PD prefill's
+    replicas share (replica 0 serves it; the others register with it)."""
+    if args.dp_size > 1 and args.disaggregation_mode == "prefill" and not envs.bootstrap_secret:
+        return {SECRET_ENV: secrets.token_hex(16)}
+    return {}
+
+
+def _start_all(procs: list[mp.Process], env: dict[str, str]) -> None:
+    """Start ``procs`` with ``env`` added to what they inherit (not kept in this process)."""
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        for proc in procs:
+            proc.start()
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def start_schedulers(args: ServerArgs, to_sched: Optional[list[str]] = None,
                      to_tm: Optional[str] = None) -> tuple[SchedulerHandle, list[dict]]:
-    """This node's ranks (``tp_size / nnodes`` from ``node_rank * that``), ready; global rank 0
-    gets the ZMQ addresses."""
+    """This node's ranks (``tp_size / nnodes`` from ``node_rank * that``) of every DP replica,
+    ready (infos in replica, then rank order); each replica's global rank 0 gets its ZMQ
+    addresses."""
     # OpenMP threads that spin while waiting collapse (20x slower measured here) as soon as
     # another busy process shares the cores, as prefill and decode servers on one host do. The
     # price is a thread wake-up per parallel op (decode up to ~1.5x slower on an idle 2-core VM):
@@ -80,33 +115,49 @@ def start_schedulers(args: ServerArgs, to_sched: Optional[str] = None,
     if "GOMP_SPINCOUNT" not in os.environ:
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     ctx = mp.get_context("spawn")
-    dist_init = None
-    if args.dist_init_addr:
-        dist_init = f"tcp://{args.dist_init_addr}"
-    elif args.tp_size > 1:
-        dist_init = f"tcp://{host_port(LOOPBACK, free_port())}"
     per_node = args.tp_size // args.nnodes
     first = args.node_rank * per_node
-    procs, readers = [], []
-    for rank in range(first, first + per_node):
-        reader, writer = ctx.Pipe(duplex=False)
-        addrs = (to_sched, to_tm) if rank == 0 else (None, None)
-        procs.append(ctx.Process(target=run_scheduler_process, daemon=True,
-                                 args=(args, *addrs, writer, rank, dist_init)))
-        readers.append(reader)
-    for proc in procs:
-        proc.start()
-    handle = SchedulerHandle(procs)
+    procs, readers, names, leaders = [], [], [], []
+    for dp_rank in range(args.dp_size):
+        dist_init = _dist_init(args, dp_rank)
+        # replica d's ranks use GPUs base + d * tp_size + tp_rank (as SGLang)
+        rargs = dataclasses.replace(args, base_gpu_id=args.base_gpu_id + dp_rank * args.tp_size)
+        for rank in range(first, first + per_node):
+            reader, writer = ctx.Pipe(duplex=False)
+            addrs = (to_sched[dp_rank], to_tm) if rank == 0 and to_sched else (None, None)
+            procs.append(ctx.Process(target=run_scheduler_process, daemon=True,
+                                     args=(rargs, *addrs, writer, rank, dist_init, dp_rank)))
+            readers.append(reader)
+            names.append(_rank_name(args, dp_rank, rank))
+            if rank == first:
+                leaders.append(procs[-1])
+    _start_all(procs, _replica_env(args))
+    handle = SchedulerHandle(procs, leaders)
     atexit.register(handle.shutdown)
-    return handle, _wait_ready(procs, readers, handle, first)
+    return handle, _wait_ready(procs, readers, handle, names)
 
 
-def _wait_ready(procs: list, readers: list, handle: SchedulerHandle, first: int
+def _dist_init(args: ServerArgs, dp_rank: int) -> Optional[str]:
+    """Replica ``dp_rank``'s torch.distributed rendezvous (None when it has one rank)."""
+    if args.dist_init_addr:
+        host, _, port = args.dist_init_addr.rpartition(":")
+        return f"tcp://{host_port(host, int(port) + dp_rank)}"
+    if args.tp_size > 1:
+        return f"tcp://{host_port(LOOPBACK, free_port())}"
+    return None
+
+
+def _rank_name(args: ServerArgs, dp_rank: int, rank: int) -> str:
+    parts = ([f"DP rank {dp_rank}"] if args.dp_size > 1 else []) + (
+        [f"TP rank {rank}"] if args.tp_size > 1 else [])
+    return f"scheduler ({', '.join(parts)})" if parts else "scheduler"
+
+
+def _wait_ready(procs: list, readers: list, handle: SchedulerHandle, names: list[str]
                 ) -> list[dict]:
     """Every rank's ready info; the first start-up error (or exit) of any rank stops all."""
     infos: dict[int, dict] = {}
-    multi = len(procs) > 1 or first > 0
-    name = (lambda r: f"scheduler (TP rank {first + r})") if multi else (lambda r: "scheduler")
+    name = names.__getitem__
     while len(infos) < len(procs):
         for rank, reader in enumerate(readers):
             if rank in infos or not reader.poll(0.2):

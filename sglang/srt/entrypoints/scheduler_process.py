@@ -1,8 +1,9 @@
 """The scheduler process's entry: join the TP group (``--tp-size`` > 1), build the Scheduler
 (with the PD layer of its mode), report ready or the start-up error to the launcher, run the
 loop, shut the transfer engine down. TP ranks other than 0 get no ZMQ addresses: only rank 0
-talks to the tokenizer manager. Any error (a peer rank gone breaks the next collective) ends the
-process, so a server whose rank died exits instead of hanging."""
+talks to the tokenizer manager. With ``--dp-size`` N there are N such groups (replicas), each
+with its own rendezvous and ``dp_rank``. Any error (a peer rank gone breaks the next
+collective) ends the process, so a server whose rank died exits instead of hanging."""
 
 from __future__ import annotations
 
@@ -28,14 +29,18 @@ logger = logging.getLogger(__name__)
 
 def run_scheduler_process(
     args: ServerArgs, recv_addr: Optional[str], send_addr: Optional[str], ready_pipe: Any,
-    tp_rank: int = 0, dist_init_method: Optional[str] = None,
+    tp_rank: int = 0, dist_init_method: Optional[str] = None, dp_rank: int = 0,
 ) -> None:
     mode = args.disaggregation_mode
-    tp = f" TP{tp_rank}" if args.tp_size > 1 else ""
+    tp = (f" DP{dp_rank}" if args.dp_size > 1 else "") + (
+        f" TP{tp_rank}" if args.tp_size > 1 else "")
     logging.basicConfig(
         level=args.log_level.upper(),
         format=f"[%(asctime)s {mode}-sched{tp}] %(levelname)s %(name)s: %(message)s",
     )
+    if args.dp_size > 1:
+        logger.info("DP rank %d of %d, TP rank %d: pid %d", dp_rank, args.dp_size, tp_rank,
+                    os.getpid())
     recv = send = None
     if recv_addr is not None:
         ctx = zmq.Context()
@@ -52,9 +57,10 @@ def run_scheduler_process(
             node_host = advertised_host(args.host) if args.nnodes > 1 else None
             init_tp_group(tp_rank, args.tp_size, dist_init_method, device,
                           timeout_s=max(args.watchdog_timeout, 60.0), host=node_host)
-            if device == "cpu" and not envs.num_threads:  # the ranks share the cores
-                torch.set_num_threads(max(1, (os.cpu_count() or 1) // args.tp_size))
-        sched = Scheduler(args, make_disagg=make_pd_layer, tp_rank=tp_rank)
+        ranks = args.tp_size * args.dp_size
+        if ranks > 1 and resolve_device(args.device) == "cpu" and not envs.num_threads:
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // ranks))  # they share the cores
+        sched = Scheduler(args, make_disagg=make_pd_layer, tp_rank=tp_rank, dp_rank=dp_rank)
         sched.warmup()
     except Exception as e:  # report start-up failures to the launcher, then exit
         logger.exception("scheduler failed to start")

@@ -97,6 +97,7 @@ class PDContext:
     tp_rank: int = 0
     num_heads: int = 0
     num_kv_heads: int = 0
+    dp_rank: int = 0  # this scheduler's replica (--dp-size); the prefill registers under it
 
 
 class DisaggLayer(Protocol):

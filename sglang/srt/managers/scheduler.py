@@ -56,13 +56,15 @@ class Scheduler(SchedulerReportsMixin):
         tokenizer: Any = None,
         make_disagg: Optional[Callable[[PDContext], DisaggLayer]] = None,
         tp_rank: int = 0,
+        dp_rank: int = 0,
     ):
         """``runner`` (default: the model of ``args.model_path``) and ``tokenizer`` are seams
         for in-process tests; ``make_disagg`` builds the PD layer of a prefill or decode
         server (the process entry passes it: managers do not import disaggregation);
-        ``tp_rank``: this process's TP rank (the group is joined before)."""
+        ``tp_rank``: this process's TP rank (the group is joined before); ``dp_rank``: its
+        replica (``--dp-size``)."""
         self.args = args
-        self.tp_rank = tp_rank
+        self.tp_rank, self.dp_rank = tp_rank, dp_rank
         self.device = resolve_device(args.device)
         if self.device == "cuda":
             torch.cuda.set_device(args.base_gpu_id + tp_rank)
@@ -74,7 +76,7 @@ class Scheduler(SchedulerReportsMixin):
         self.context_len = self.model_config.context_length
         layout = self.runner.kv_layout(args.page_size, args.kv_cache_dtype)
         pages = kv_pool_pages(layout.bytes_per_token, args.page_size, self.device,
-                              args.max_total_tokens, args.mem_fraction_static)
+                              args.max_total_tokens, args.mem_fraction_static, args.dp_size)
         pages = tp_min_int(pages)  # every rank must schedule on the same pool size
         self.pool = KVPool(layout, pages, self.device)
         self.runner.set_kv_pool(self.pool)
@@ -94,14 +96,15 @@ class Scheduler(SchedulerReportsMixin):
         self.waiting: list[Req] = []
         self.running: list[Req] = []
         self.outbox: list[ReqOutput] = []
-        self.forward_ct = 0
-        self.metrics = SchedulerStatsRecorder(args.enable_metrics)  # pushed to the HTTP process
+        self.forward_ct = self.num_received_reqs = 0
+        self.metrics = SchedulerStatsRecorder(args.enable_metrics, dp_rank)  # to the HTTP process
         self.pd = args.disaggregation_mode != "null"
         if self.pd and make_disagg is None:
             raise ValueError(f"--disaggregation-mode {args.disaggregation_mode} needs a PD layer")
         self.disagg: DisaggLayer = make_disagg(PDContext(
             args, self.pool, self.cache, self.metrics, self.max_running, self.device,
             args.tp_size, tp_rank, self.model_config.num_heads, self.model_config.num_kv_heads,
+            dp_rank,
         )) if self.pd else NoDisagg()
 
     @staticmethod
@@ -130,6 +133,7 @@ class Scheduler(SchedulerReportsMixin):
     def handle(self, msg: Any) -> None:
         if isinstance(msg, TokenizedGenerateReqInput):
             req = Req(msg, self.context_len)
+            self.num_received_reqs += 1
             refusal = (queue_full_message(self._num_queued(), self.args.max_queued_requests)
                        if self.args.max_queued_requests else None)
             if refusal is not None:  # --max-queued-requests: HTTP 429

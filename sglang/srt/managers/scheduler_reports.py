@@ -42,6 +42,8 @@ class SchedulerReportsMixin:
 
     def info(self: "Scheduler") -> dict[str, Any]:
         d = {
+            "dp_rank": self.dp_rank,
+            "num_received_reqs": self.num_received_reqs,  # requests this replica was sent
             "kv_pool": self.cache.stats(),
             "num_running_reqs": len(self.running),
             "num_waiting_reqs": len(self.waiting),

@@ -1,8 +1,10 @@
-"""The HTTP process's view of the scheduler process: alive, answering, how loaded.
+"""The HTTP process's view of the scheduler processes: alive, answering, how loaded.
 
-A mixin of TokenizerManager: once the scheduler process is gone, every waiting request ends
-with an abort (status 503) instead of hanging, and new ones fail at once; /health asks whether
-the scheduler answers within SGLANG_HEALTH_CHECK_TIMEOUT; /get_load reports its queues.
+A mixin of TokenizerManager: once a scheduler process is gone (with ``--dp-size`` N, any of
+the N replicas' rank 0), every waiting request ends with an abort (status 503) instead of
+hanging, and new ones fail at once; /health asks whether every replica answers within
+SGLANG_HEALTH_CHECK_TIMEOUT; /get_server_info, /get_load and /flush_cache ask every replica
+(one entry per DP rank, as SGLang's).
 """
 
 from __future__ import annotations
@@ -25,19 +27,25 @@ class SchedulerWatch:
     _states: dict[str, Any]
     _rpc: dict[int, asyncio.Future]
     last_receive: float
+    server_args: Any
+    scheduler_info: dict[str, Any]
+    dp: Any  # DataParallelController
 
-    def watch_scheduler(self, proc: Any) -> None:
-        """Poll the scheduler process; once it is gone, fail what waits on it (call once, from
-        the event loop)."""
+    def watch_scheduler(self, procs: Any) -> None:
+        """Poll the scheduler process (or one per DP replica, a list); once one is gone, fail
+        what waits on it (call once, from the event loop)."""
         if self._watch_task is None:
-            self._watch_task = asyncio.get_running_loop().create_task(self._watch(proc))
+            procs = procs if isinstance(procs, (list, tuple)) else [procs]
+            self._watch_task = asyncio.get_running_loop().create_task(self._watch(procs))
 
-    async def _watch(self, proc: Any) -> None:
-        while proc.is_alive():
+    async def _watch(self, procs: list) -> None:
+        while all(p.is_alive() for p in procs):
             await asyncio.sleep(0.5)
+        d, proc = next((d, p) for d, p in enumerate(procs) if not p.is_alive())
+        which = f" of DP rank {d}" if len(procs) > 1 else ""
         self.scheduler_dead = (
-            f"the scheduler process exited (code {proc.exitcode}); the server cannot serve "
-            "requests any more and must be restarted"
+            f"the scheduler process{which} exited (code {proc.exitcode}); the server cannot "
+            "serve requests any more and must be restarted"
         )
         logger.error(self.scheduler_dead)
         for state in list(self._states.values()):
@@ -54,14 +62,15 @@ class SchedulerWatch:
         state.event.set()
 
     async def scheduler_responds(self, timeout: float) -> bool:
-        """Does the scheduler answer (an RPC, or any output) within ``timeout`` seconds?"""
+        """Does the scheduler answer (an RPC, or any output) within ``timeout`` seconds? With
+        ``--dp-size`` N, every replica must answer the RPC."""
         if self.scheduler_dead:
             return False
         tic = time.time()
-        task = asyncio.ensure_future(self.rpc("get_info", timeout=timeout))
+        task = asyncio.ensure_future(self.rpc_all("get_info", timeout=timeout))
         try:
             while not task.done() and time.time() - tic < timeout:
-                if self.last_receive > tic:
+                if self.last_receive > tic and self.dp.dp_size == 1:
                     return True
                 await asyncio.wait([task], timeout=0.05)
             return task.done() and not task.cancelled() and task.exception() is None
@@ -69,16 +78,43 @@ class SchedulerWatch:
             if not task.done():
                 task.cancel()
 
+    async def rpc_all(self, method: str, timeout: float = 30, **args: Any) -> list[Any]:
+        """``method`` on every DP replica's scheduler; the answers in DP rank order."""
+        return list(await asyncio.gather(*[
+            self.rpc(method, timeout, dp_rank=d, **args) for d in range(self.dp.dp_size)]))
+
+    async def internal_states(self, timeout: float = 30) -> list[dict[str, Any]]:
+        """Every replica's scheduler state (``Scheduler.info``, which holds its dp_rank)."""
+        return await self.rpc_all("get_info", timeout=timeout)
+
     async def get_load(self) -> list[dict[str, Any]]:
-        """SGLang's /get_load: one entry per DP rank (here one)."""
-        st = await self.rpc("get_info", timeout=envs.health_check_timeout)
-        pd = st.get("disaggregation", {})
-        queued = sum(v for k, v in pd.items() if k.endswith("_queue") and isinstance(v, int))
-        waiting = st["num_waiting_reqs"] + queued
-        pool = st["kv_pool"]
-        return [{
-            "dp_rank": 0,
-            "num_reqs": st["num_running_reqs"] + waiting,
-            "num_waiting_reqs": waiting,
-            "num_tokens": pool["used_by_requests_pages"] * pool["page_size"],
-        }]
+        """SGLang's /get_load: one entry per DP rank."""
+        loads = []
+        for st in await self.internal_states(envs.health_check_timeout):
+            pd = st.get("disaggregation", {})
+            queued = sum(v for k, v in pd.items() if k.endswith("_queue") and isinstance(v, int))
+            waiting = st["num_waiting_reqs"] + queued
+            pool = st["kv_pool"]
+            loads.append({
+                "dp_rank": st["dp_rank"],
+                "num_reqs": st["num_running_reqs"] + waiting,
+                "num_waiting_reqs": waiting,
+                "num_tokens": pool["used_by_requests_pages"] * pool["page_size"],
+            })
+        return loads
+
+    async def get_server_info(self) -> dict[str, Any]:
+        info = {
+            **vars(self.server_args),
+            **self.scheduler_info,
+            "internal_states": await self.internal_states(),
+            "num_inflight_http_reqs": len(self._states),
+            "version": "0.1.0",
+        }
+        if info.get("api_key"):
+            info["api_key"] = "<set>"  # never echo the key
+        return info
+
+    async def flush_cache(self) -> bool:
+        """Flush every replica's prefix cache; False if any was busy (it keeps its cache)."""
+        return all(await self.rpc_all("flush_cache"))

@@ -12,6 +12,7 @@ from typing import Any, AsyncIterator, Optional
 import zmq
 import zmq.asyncio
 
+from sglang.srt.managers.data_parallel_controller import DataParallelController
 from sglang.srt.managers.detokenizer import IncrementalDetokenizer
 from sglang.srt.managers.io_struct import (
     AbortReq,
@@ -45,7 +46,8 @@ class _ReqState:
 
 class TokenizerManager(SchedulerWatch):
     def __init__(self, args: ServerArgs, scheduler_info: dict[str, Any], recv_addr: str,
-                 send_addr: str):
+                 send_addr: "str | list[str]"):
+        """``send_addr``: the scheduler's address, or one per DP replica (``--dp-size``)."""
         from transformers import AutoTokenizer
 
         self.server_args = args
@@ -59,7 +61,9 @@ class TokenizerManager(SchedulerWatch):
         self.scheduler_info = scheduler_info
         self.context_length: int = scheduler_info["context_length"]
         self.max_total_num_tokens: int = scheduler_info["max_total_num_tokens"]
-        self._recv_addr, self._send_addr = recv_addr, send_addr
+        self._recv_addr = recv_addr
+        self.dp = DataParallelController(
+            [send_addr] if isinstance(send_addr, str) else send_addr, args.load_balance_method)
         self._states: dict[str, _ReqState] = {}
         self._rpc: dict[int, asyncio.Future] = {}
         self._rpc_ids = itertools.count(1)
@@ -77,8 +81,7 @@ class TokenizerManager(SchedulerWatch):
             ctx = zmq.asyncio.Context.instance()
             self._recv = ctx.socket(zmq.PULL)
             self._recv.bind(self._recv_addr)
-            self._send = ctx.socket(zmq.PUSH)
-            self._send.connect(self._send_addr)
+            self.dp.connect(ctx)
             self._loop_task = asyncio.get_running_loop().create_task(self._handle_loop())
 
     async def _handle_loop(self) -> None:
@@ -101,14 +104,15 @@ class TokenizerManager(SchedulerWatch):
             elif self.metrics is not None:
                 self.metrics.on_message(msg)  # the scheduler's stats snapshots
 
-    async def rpc(self, method: str, timeout: float = 30, **args: Any) -> Any:
+    async def rpc(self, method: str, timeout: float = 30, dp_rank: int = 0, **args: Any) -> Any:
+        """Call ``method`` on the scheduler of DP replica ``dp_rank``."""
         self._ensure_loop()
         if self.scheduler_dead:
             raise RuntimeError(self.scheduler_dead)
         rpc_id = next(self._rpc_ids)
         fut = asyncio.get_running_loop().create_future()
         self._rpc[rpc_id] = fut
-        await self._send.send_pyobj(RpcReq(rpc_id, method, args))
+        await self.dp.send_to(dp_rank, RpcReq(rpc_id, method, args))
         try:
             out: RpcOut = await asyncio.wait_for(fut, timeout=timeout)
         finally:
@@ -209,7 +213,7 @@ class TokenizerManager(SchedulerWatch):
         if self.scheduler_dead:
             self._fail(state, self.scheduler_dead)
         else:
-            await self._send.send_pyobj(tokenized)
+            await self.dp.send_request(tokenized)
         try:
             while True:
                 try:
@@ -281,23 +285,7 @@ class TokenizerManager(SchedulerWatch):
         """Abort one request; ``rid=""`` aborts every request (SGLang's abort_all)."""
         if self._loop_task is None or self.scheduler_dead:
             return
-        self._send.send_pyobj(AbortReq(rid), flags=zmq.NOBLOCK)
-
-    async def get_server_info(self) -> dict[str, Any]:
-        internal = await self.rpc("get_info")
-        info = {
-            **vars(self.server_args),
-            **self.scheduler_info,
-            "internal_states": [internal],
-            "num_inflight_http_reqs": len(self._states),
-            "version": "0.1.0",
-        }
-        if info.get("api_key"):
-            info["api_key"] = "<set>"  # never echo the key
-        return info
-
-    async def flush_cache(self) -> bool:
-        return bool(await self.rpc("flush_cache"))
+        self.dp.send_abort(AbortReq(rid))
 
     def model_info(self) -> dict[str, Any]:
         return {

@@ -1,4 +1,5 @@
-"""How many KV pages a server gets: --max-total-tokens, else a share of free device memory."""
+"""How many KV pages a server gets: --max-total-tokens, else a share of free device memory (on
+a CPU, the ``--dp-size`` replicas split one share of host memory: they all live in it)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ def kv_pool_pages(
     device: str,
     max_total_tokens: Optional[int] = None,
     mem_fraction_static: Optional[float] = None,
+    replicas: int = 1,
 ) -> int:
     if max_total_tokens:
         tokens = max_total_tokens
@@ -27,7 +29,7 @@ def kv_pool_pages(
     else:
         frac = mem_fraction_static or CPU_KV_FRACTION
         avail = psutil.virtual_memory().available
-        tokens = min(int(avail * frac // bytes_per_token), CPU_MAX_POOL_TOKENS)
+        tokens = min(int(avail * frac / replicas // bytes_per_token), CPU_MAX_POOL_TOKENS)
     pages = tokens // page_size
     if pages < 1:
         raise RuntimeError(

@@ -39,48 +39,57 @@ SCHEDULER_GAUGES = {
 
 
 class SchedulerMetricsCollector:
-    """Fed by the scheduler's pushed :class:`SchedulerStats` snapshots."""
+    """Fed by the scheduler's pushed :class:`SchedulerStats` snapshots. With ``dp_size`` > 1
+    every metric also carries a ``dp_rank`` label, one series per replica (each snapshot says
+    its replica)."""
 
-    def __init__(self, registry: CollectorRegistry, labels: dict[str, str]):
-        self.labels = labels
-        names = list(labels)
-        self.gauges = {
-            k: Gauge(f"sglang:{k}", doc, names, registry=registry).labels(**labels)
-            for k, doc in SCHEDULER_GAUGES.items()
-        }
+    def __init__(self, registry: CollectorRegistry, labels: dict[str, str], dp_size: int = 1):
+        label_sets = ([{**labels, "dp_rank": str(d)} for d in range(dp_size)] if dp_size > 1
+                      else [labels])
+        names = list(label_sets[0])
+        gauges = {k: Gauge(f"sglang:{k}", doc, names, registry=registry)
+                  for k, doc in SCHEDULER_GAUGES.items()}
 
         def hist(name: str, doc: str, buckets) -> Histogram:
-            return Histogram(name, doc, names, buckets=buckets, registry=registry).labels(**labels)
+            return Histogram(name, doc, names, buckets=buckets, registry=registry)
 
-        self.kv_speed = hist("sglang:kv_transfer_speed_gb_s",
-                             "Histogram of KV cache transfer speed in GB/s.", SPEED_BUCKETS)
-        self.kv_latency = hist("sglang:kv_transfer_latency_ms",
-                               "Histogram of KV cache transfer latency in ms.", LATENCY_MS_BUCKETS)
-        self.kv_bootstrap = hist("sglang:kv_transfer_bootstrap_ms",
+        def counter(name: str, doc: str) -> Counter:
+            return Counter(name, doc, names, registry=registry)
+
+        parents = {
+            "kv_speed": hist("sglang:kv_transfer_speed_gb_s",
+                             "Histogram of KV cache transfer speed in GB/s.", SPEED_BUCKETS),
+            "kv_latency": hist("sglang:kv_transfer_latency_ms",
+                               "Histogram of KV cache transfer latency in ms.", LATENCY_MS_BUCKETS),
+            "kv_bootstrap": hist("sglang:kv_transfer_bootstrap_ms",
                                  "Histogram of KV transfer bootstrap time in ms.",
-                                 BOOTSTRAP_MS_BUCKETS)
-        self.kv_total_mb = hist("sglang:kv_transfer_total_mb",
-                                "Histogram of KV cache transfer size in MB.", TOTAL_MB_BUCKETS)
-        self.bootstrap_failed = Counter(
-            "sglang:num_bootstrap_failed_reqs", "The number of bootstrap failed requests.",
-            names, registry=registry).labels(**labels)  # fmt: skip
-        self.transfer_failed = Counter(
-            "sglang:num_transfer_failed_reqs", "The number of transfer failed requests.",
-            names, registry=registry).labels(**labels)  # fmt: skip
+                                 BOOTSTRAP_MS_BUCKETS),
+            "kv_total_mb": hist("sglang:kv_transfer_total_mb",
+                                "Histogram of KV cache transfer size in MB.", TOTAL_MB_BUCKETS),
+            "bootstrap_failed": counter("sglang:num_bootstrap_failed_reqs",
+                                        "The number of bootstrap failed requests."),
+            "transfer_failed": counter("sglang:num_transfer_failed_reqs",
+                                       "The number of transfer failed requests."),
+        }
+        # per replica: gauge name -> child, and metric -> child
+        self._gauges = [{k: g.labels(**ls) for k, g in gauges.items()} for ls in label_sets]
+        self._children = [{k: m.labels(**ls) for k, m in parents.items()} for ls in label_sets]
 
     def log_stats(self, s: SchedulerStats) -> None:
-        for k, g in self.gauges.items():
+        d = s.dp_rank if 0 <= s.dp_rank < len(self._gauges) else 0
+        for k, g in self._gauges[d].items():
             g.set(getattr(s, k))
+        m = self._children[d]
         for speed, latency_ms, total_mb in s.kv_transfers:
-            self.kv_speed.observe(speed)
-            self.kv_latency.observe(latency_ms)
-            self.kv_total_mb.observe(total_mb)
+            m["kv_speed"].observe(speed)
+            m["kv_latency"].observe(latency_ms)
+            m["kv_total_mb"].observe(total_mb)
         for ms in s.kv_bootstrap_ms:
-            self.kv_bootstrap.observe(ms)
+            m["kv_bootstrap"].observe(ms)
         if s.bootstrap_failed:
-            self.bootstrap_failed.inc(s.bootstrap_failed)
+            m["bootstrap_failed"].inc(s.bootstrap_failed)
         if s.transfer_failed:
-            self.transfer_failed.inc(s.transfer_failed)
+            m["transfer_failed"].inc(s.transfer_failed)
 
 
 class TokenizerMetricsCollector:

@@ -44,6 +44,7 @@ class SchedulerStats:
     kv_bootstrap_ms: list[float] = field(default_factory=list)
     bootstrap_failed: int = 0
     transfer_failed: int = 0
+    dp_rank: int = 0  # the replica that sent it (--dp-size)
 
     def gauges(self) -> tuple:
         return (self.num_running_reqs, self.num_queue_reqs, self.num_used_tokens,
@@ -66,9 +67,10 @@ def transfer_observation(metric: dict[str, Any]) -> tuple[float, float, float] |
 
 
 class SchedulerStatsRecorder:
-    def __init__(self, enabled: bool):
+    def __init__(self, enabled: bool, dp_rank: int = 0):
         self.enabled = enabled
-        self.pending = SchedulerStats()
+        self.dp_rank = dp_rank
+        self.pending = SchedulerStats(dp_rank=dp_rank)
         self._last_gauges: tuple | None = None
         self._last_push = time.monotonic()
         self._gen_tokens = 0
@@ -127,7 +129,7 @@ class SchedulerStatsRecorder:
         if gauge_values == self._last_gauges and not snap.has_events():
             return
         self._last_gauges = gauge_values
-        self.pending = SchedulerStats()
+        self.pending = SchedulerStats(dp_rank=self.dp_rank)
         send(snap)
 
     def _snapshot(self, g: dict[str, int], elapsed: float) -> SchedulerStats:

@@ -43,7 +43,8 @@ class ServerMetrics:
         model = args.served_model_name or args.model_path
         sched_labels = {"model_name": model, "engine_type": "unified" if mode == "null" else mode,
                         "tp_rank": "0", "pp_rank": "0"}  # fmt: skip
-        self.scheduler = SchedulerMetricsCollector(self.registry, sched_labels)
+        self.scheduler = SchedulerMetricsCollector(self.registry, sched_labels,
+                                                   getattr(args, "dp_size", 1))
         self.tokenizer = TokenizerMetricsCollector(self.registry, {"model_name": model})
 
     def on_output(self, state: Any, out: Any) -> None:

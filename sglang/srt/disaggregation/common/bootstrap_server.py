@@ -9,7 +9,10 @@ Plain HTTP in a daemon thread of the prefill scheduler process, on --disaggregat
                 with this server's per-instance secret (generated here, or given by
                 SGLANG_DISAGGREGATION_BOOTSTRAP_SECRET), else 401/403. A rank registered once
                 keeps its registration: another one for it (other rank_ip/rank_port) is 409.
-  GET /route    that registration as JSON (``?engine_rank=N``, default 0); 503 until registered
+  GET /route    that registration as JSON (``?engine_rank=N&dp_rank=D``, both default 0); 503
+                until registered. With --dp-size, every prefill replica registers under its
+                ``dp_rank`` (routes are keyed by (dp_rank, engine_rank)); replica 0 runs this
+                server and its registration carries ``dp_size``.
   GET /health   "OK" (the decode heartbeat)
 
 Bad input (a non-integer rank, a body that is not a JSON object with the fields' types, a body
@@ -54,21 +57,21 @@ class BadInput(ValueError):
         self.code = code
 
 
-def parse_rank(raw: Any) -> int:
-    """An engine rank from a query string or a body: a non-negative int below 2**16."""
+def parse_rank(raw: Any, what: str = "engine_rank") -> int:
+    """An engine (or DP) rank from a query string or a body: a non-negative int below 2**16."""
     if isinstance(raw, bool) or not isinstance(raw, (int, str)):
-        raise BadInput(400, f"engine_rank must be an integer, got {raw!r:.40}")
+        raise BadInput(400, f"{what} must be an integer, got {raw!r:.40}")
     try:
         rank = int(raw)
     except ValueError:
-        raise BadInput(400, f"engine_rank must be an integer, got {raw!r:.40}") from None
+        raise BadInput(400, f"{what} must be an integer, got {raw!r:.40}") from None
     if not 0 <= rank < 1 << 16:
-        raise BadInput(400, f"engine_rank must be in [0, 65536), got {rank}")
+        raise BadInput(400, f"{what} must be in [0, 65536), got {rank}")
     return rank
 
 
-def check_registration(info: Any) -> int:
-    """The rank of a well-formed registration; BadInput otherwise."""
+def check_registration(info: Any) -> tuple[int, int]:
+    """(dp_rank, engine_rank) of a well-formed registration; BadInput otherwise."""
     if not isinstance(info, dict):
         raise BadInput(400, "bad registration: the body must be a JSON object")
     for key, types in _FIELDS.items():
@@ -79,13 +82,22 @@ def check_registration(info: Any) -> int:
             raise BadInput(400, f"bad registration: field {key!r} has the wrong type")
     if not 0 < info["rank_port"] < 65536:
         raise BadInput(400, f"bad registration: rank_port {info['rank_port']} out of range")
-    return parse_rank(info.get("engine_rank", 0))
+    dp_rank = parse_rank(info.get("dp_rank", 0), "dp_rank")
+    dp_size = info.get("dp_size", 1)
+    if isinstance(dp_size, bool) or not isinstance(dp_size, int) or not dp_rank < dp_size <= 65536:
+        raise BadInput(400, f"bad registration: dp_size must be an integer in "
+                            f"({dp_rank}, 65536], got {dp_size!r:.40}")
+    return dp_rank, parse_rank(info.get("engine_rank", 0))
+
+
+def _dp(dp_rank: int) -> str:
+    return f" (DP rank {dp_rank})" if dp_rank else ""
 
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
-    routes: dict[int, dict[str, Any]]
+    routes: dict[tuple[int, int], dict[str, Any]]  # (dp_rank, engine_rank) -> registration
     lock: threading.Lock
     instance: str
     secret: str
@@ -127,13 +139,14 @@ class _Handler(BaseHTTPRequestHandler):
             try:
                 q = parse_qs(url.query, keep_blank_values=True)
                 rank = parse_rank(q.get("engine_rank", ["0"])[0])
+                dp_rank = parse_rank(q.get("dp_rank", ["0"])[0], "dp_rank")
             except BadInput as e:
                 self._reply(e.code, str(e))
                 return
             with self.server.lock:
-                info = self.server.routes.get(rank)
+                info = self.server.routes.get((dp_rank, rank))
             if info is None:
-                self._reply(503, f"prefill rank {rank} has not registered yet")
+                self._reply(503, f"prefill rank {rank}{_dp(dp_rank)} has not registered yet")
             else:
                 self._reply(200, {**info, "bootstrap_instance": self.server.instance})
         else:
@@ -145,23 +158,24 @@ class _Handler(BaseHTTPRequestHandler):
             self._reply(404, f"no route {url.path}")
             return
         try:
-            rank, info = self._registration()
+            key, info = self._registration()
         except BadInput as e:
             self._reply(e.code, str(e))
             return
+        dp_rank, rank = key
         with self.server.lock:
-            old = self.server.routes.get(rank)
+            old = self.server.routes.get(key)
             same = old is not None and (old["rank_ip"], old["rank_port"]) == (
                 info["rank_ip"], info["rank_port"])
             if old is None or same:
-                self.server.routes[rank] = info
+                self.server.routes[key] = info
         if old is not None and not same:
-            self._reply(409, f"prefill rank {rank} is already registered at "
+            self._reply(409, f"prefill rank {rank}{_dp(dp_rank)} is already registered at "
                              f"{old['rank_ip']}:{old['rank_port']}")
             return
         logger.info(
-            "Bootstrap: prefill rank %d registered at %s:%s",
-            rank, info["rank_ip"], info["rank_port"],
+            "Bootstrap: prefill rank %d%s registered at %s:%s",
+            rank, _dp(dp_rank), info["rank_ip"], info["rank_port"],
         )
         self._reply(200, "OK")
 
@@ -170,7 +184,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     do_POST = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _not_allowed  # noqa: N815
 
-    def _registration(self) -> tuple[int, dict[str, Any]]:
+    def _registration(self) -> tuple[tuple[int, int], dict[str, Any]]:
         given = self.headers.get(SECRET_HEADER)
         if not given:
             raise BadInput(401, f"registration needs the {SECRET_HEADER} header")

@@ -5,7 +5,9 @@ The first receiver for a bootstrap address starts a handshake in a background th
 the prefill's registration (GET /route, retried while it is starting), refuse it if its KV
 layout differs, then register this decode's memory with the prefill's manager (once per
 prefill). Later receivers for that address are ready at once. The heartbeat drops a dead
-prefill's state, so a restarted prefill gets a fresh handshake.
+prefill's state, so a restarted prefill gets a fresh handshake. A prefill with ``--dp-size`` N
+holds room R in replica R % N: the decode learns N from replica 0's registration and connects
+to each replica it needs (registrations are keyed by (bootstrap addr, dp_rank)).
 
 Once a room's pages went to the prefill, its writes may still land there after the decode gave
 up on it. Giving up therefore always tells the prefill (AbortMsg), which answers AbortAckMsg
@@ -59,9 +61,11 @@ class DecodeSide:
         self.mgr = mgr
         self.rooms: RoomTable[ReceiverRoom] = RoomTable()
         self.lock = self.rooms.lock
-        self.prefills: dict[str, dict[str, Any]] = {}  # bootstrap addr -> registration
+        # (bootstrap addr, dp_rank) -> registration; addr -> that prefill's dp_size
+        self.prefills: dict[tuple[str, int], dict[str, Any]] = {}
+        self.dp_sizes: dict[str, int] = {}
         self.addr_rooms: dict[str, set[int]] = defaultdict(set)
-        self._addr_locks: dict[str, threading.Lock] = defaultdict(threading.Lock)
+        self._addr_locks: dict[tuple[str, int], threading.Lock] = defaultdict(threading.Lock)
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="kv-handshake")
         self._closing = threading.Event()
         self.heartbeat = Heartbeat(self.known_prefills, self.on_prefill_lost)
@@ -77,7 +81,8 @@ class DecodeSide:
                 return False
             self.rooms.add(st)
             self.addr_rooms[bootstrap_addr].add(room)
-            info = self.prefills.get(bootstrap_addr)
+            dp_size = self.dp_sizes.get(bootstrap_addr)
+            info = self.prefills.get((bootstrap_addr, room % dp_size)) if dp_size else None
             if info is not None:
                 st.prefill_endpoint, st.sources = info["endpoint"], dict(info["sources"])
                 self.rooms.set_status(room, KVPoll.WaitingForInput)
@@ -87,7 +92,10 @@ class DecodeSide:
 
     def _handshake(self, room: int, addr: str) -> None:
         try:
-            info = self.ensure_connected(addr)
+            info = self.ensure_connected(addr)  # replica 0's registration says the dp_size
+            dp_rank = room % info.get("dp_size", 1)
+            if dp_rank:
+                info = self.ensure_connected(addr, dp_rank)
         except (HandshakeRefused, PrefillUnavailable) as e:
             self.fail(room, str(e))
             return
@@ -100,18 +108,20 @@ class DecodeSide:
             st.prefill_endpoint, st.sources = info["endpoint"], dict(info["sources"])
             self.rooms.set_status(room, KVPoll.WaitingForInput)
 
-    def ensure_connected(self, addr: str) -> dict[str, Any]:
-        """The prefill's registration, after the KV-args registration was sent to it."""
-        with self._addr_locks[addr]:
-            info = self.prefills.get(addr)
+    def ensure_connected(self, addr: str, dp_rank: int = 0) -> dict[str, Any]:
+        """The registration of the prefill's replica ``dp_rank``, after the KV-args
+        registration was sent to it."""
+        key = (addr, dp_rank)
+        with self._addr_locks[key]:
+            info = self.prefills.get(key)
             if info is not None:
                 return info
-            info = self._fetch(addr)
+            info = self._fetch(addr, 0, dp_rank)
             mine = self.mgr.local_info()
             self._check(addr, info, mine)
             sources: dict[str, int] = {}
             for sl, expected in source_plan(info, mine):
-                rinfo = info if sl.prefill_rank == 0 else self._fetch(addr, sl.prefill_rank)
+                rinfo = info if sl.prefill_rank == 0 else self._fetch(addr, sl.prefill_rank, dp_rank)
                 if sl.prefill_rank != 0:
                     self._check(addr, rinfo, mine)
                 endpoint = f"{bracket_host(rinfo['rank_ip'])}:{rinfo['rank_port']}"
@@ -123,9 +133,12 @@ class DecodeSide:
             info["endpoint"] = f"{bracket_host(info['rank_ip'])}:{info['rank_port']}"
             info["sources"] = sources
             with self.lock:
-                self.prefills[addr] = info
+                self.prefills[key] = info
+                if dp_rank == 0:
+                    self.dp_sizes[addr] = info.get("dp_size", 1)
             logger.info(
-                "Connected to prefill %s (managers %s, %s)", addr, sources, info.get("transfer"),
+                "Connected to prefill %s%s (managers %s, %s)", addr,
+                f" DP rank {dp_rank}" if dp_rank else "", sources, info.get("transfer"),
             )
             return info
 
@@ -141,14 +154,14 @@ class DecodeSide:
                 "must be built for both", addr, info.get("device"), self.mgr.args.device,
             )
 
-    def _fetch(self, addr: str, rank: int = 0) -> dict[str, Any]:
+    def _fetch(self, addr: str, rank: int = 0, dp_rank: int = 0) -> dict[str, Any]:
         return fetch_with_retry(addr, rank, self._closing,
-                                lambda: bool(self.addr_rooms.get(addr)))
+                                lambda: bool(self.addr_rooms.get(addr)), dp_rank)
 
     def known_prefills(self) -> dict[str, str]:
         """Connected prefills: bootstrap addr -> instance id of its bootstrap server."""
         with self.lock:
-            return {a: i.get("bootstrap_instance", "") for a, i in self.prefills.items()}
+            return {a: i.get("bootstrap_instance", "") for (a, _), i in self.prefills.items()}
 
     # ---- receiver API (scheduler thread) -------------------------------------------------
     def send_metadata(self, room: int, pages: np.ndarray, aux_index: int) -> None:
@@ -268,26 +281,28 @@ class DecodeSide:
 
     def _forget_endpoint(self, endpoint: str) -> None:
         with self.lock:
-            for addr, info in list(self.prefills.items()):
+            for key, info in list(self.prefills.items()):
                 if endpoint in info["sources"]:
-                    del self.prefills[addr]
-                    logger.info("Prefill %s forgot this decode; will re-register", addr)
+                    del self.prefills[key]
+                    logger.info("Prefill %s forgot this decode; will re-register", key[0])
 
     def on_prefill_lost(self, addr: str, why: str) -> None:
         """Fail every unfinished room that went through this prefill connection, and forget
         the connection so that the next request handshakes afresh."""
         with self.lock:
-            info = self.prefills.pop(addr, None)
+            infos = [self.prefills.pop(k) for k in list(self.prefills) if k[0] == addr]
+            self.dp_sizes.pop(addr, None)
             rooms = list(self.addr_rooms.get(addr, ()))
-        if info is None:
+        if not infos:
             return
-        for endpoint in info["sources"]:
+        endpoints = {e for info in infos for e in info["sources"]}
+        for endpoint in endpoints:
             self.mgr.control.forget(endpoint)
         reason = f"Lost connection with prefill instance (bootstrap_addr: {addr}): {why}"
         affected = 0
         for room in rooms:
             st = self.rooms.get(room)
-            if st is None or st.prefill_endpoint != info["endpoint"]:
+            if st is None or st.prefill_endpoint not in endpoints:
                 continue  # a room of an earlier connection
             if st.status not in (KVPoll.Success, KVPoll.Failed):
                 self.fail(room, reason)

@@ -39,7 +39,8 @@ def _url(addr: str, path: str) -> str:
 
 def register_prefill(addr: str, info: dict[str, Any], secret: str, attempts: int = 5) -> None:
     """PUT the prefill's info to its bootstrap server at ``addr`` with the server's secret
-    (retrying with backoff, as the server thread may still be starting; a refusal is final)."""
+    (retrying with backoff up to 2 s apart, as the server may still be starting; a refusal is
+    final)."""
     body = json.dumps(info).encode()
     delay = 0.1
     for i in range(attempts):
@@ -61,15 +62,16 @@ def register_prefill(addr: str, info: dict[str, Any], secret: str, attempts: int
                     f"Could not register with the bootstrap server at {addr}: {e}"
                 ) from e
             time.sleep(delay)
-            delay *= 2
+            delay = min(2 * delay, 2.0)
 
 
-def fetch_prefill_info(addr: str, engine_rank: int = 0, timeout: float = 3.0) -> dict[str, Any]:
-    """GET /route once. PrefillUnavailable if it is down or not registered yet."""
+def fetch_prefill_info(addr: str, engine_rank: int = 0, timeout: float = 3.0,
+                       dp_rank: int = 0) -> dict[str, Any]:
+    """GET /route once (the registration of DP replica ``dp_rank``'s ``engine_rank``).
+    PrefillUnavailable if it is down or not registered yet."""
+    query = f"engine_rank={engine_rank}" + (f"&dp_rank={dp_rank}" if dp_rank else "")
     try:
-        with urllib.request.urlopen(
-            _url(addr, f"/route?engine_rank={engine_rank}"), timeout=timeout
-        ) as r:
+        with urllib.request.urlopen(_url(addr, f"/route?{query}"), timeout=timeout) as r:
             return json.loads(r.read())
     except urllib.error.HTTPError as e:
         raise PrefillUnavailable(f"bootstrap server {addr} answered {e.code}") from e
@@ -83,8 +85,8 @@ REFUSED_WINDOW = 1.0  # seconds a refused bootstrap port is retried (a restart i
 
 
 def fetch_with_retry(addr: str, rank: int, closing: threading.Event,
-                     wanted: Callable[[], bool]) -> dict[str, Any]:
-    """GET /route for ``rank``, retried once a second while the prefill is starting (503,
+                     wanted: Callable[[], bool], dp_rank: int = 0) -> dict[str, Any]:
+    """GET /route for ``rank`` (of DP replica ``dp_rank``), retried once a second while the prefill is starting (503,
     timeouts), until ``closing`` is set or nothing is ``wanted`` any more. A refused connection
     (nothing listens there) is retried only for REFUSED_WINDOW."""
     attempts = envs.bootstrap_fetch_attempts
@@ -92,7 +94,7 @@ def fetch_with_retry(addr: str, rank: int, closing: threading.Event,
     start = time.monotonic()
     for i in range(attempts):
         try:
-            return fetch_prefill_info(addr, rank)
+            return fetch_prefill_info(addr, rank, dp_rank=dp_rank)
         except PrefillUnavailable as e:
             last = e
             if e.refused and time.monotonic() - start >= REFUSED_WINDOW:

@@ -48,7 +48,8 @@ class CommonKVManager(BaseKVManager):
     ``bootstrap_host`` (where that server and the control socket bind: the server's --host;
     default ``local_host``, the address this manager advertises), ``bootstrap_secret`` (what this
     rank's registration carries when another process runs the bootstrap server; default
-    SGLANG_DISAGGREGATION_BOOTSTRAP_SECRET)."""
+    SGLANG_DISAGGREGATION_BOOTSTRAP_SECRET), ``dp_rank`` and ``dp_size`` (``--dp-size``: the
+    replica this manager serves and how many the prefill has; default 0 and 1)."""
 
     backend_name = "common"
 
@@ -108,19 +109,24 @@ class CommonKVManager(BaseKVManager):
 
     def register_to_bootstrap(self) -> None:
         info = self.local_info()
+        dp_rank = self.args.extra.get("dp_rank", 0)
         info.update(
             engine_rank=self.args.engine_rank,
             rank_ip=self.args.local_host,
             rank_port=self.control.port,
+            dp_rank=dp_rank,
+            dp_size=self.args.extra.get("dp_size", 1),
         )
         if self.bootstrap_server is not None:
             secret = self.bootstrap_server.secret
         else:
             secret = self.args.extra.get("bootstrap_secret") or envs.bootstrap_secret
         # dialed from this machine: the bootstrap server's own bind address (loopback for a
-        # wildcard), or the advertised one where another process runs it
+        # wildcard), or the advertised one where another process runs it; another replica's
+        # bootstrap server may still be loading its model: wait longer
         where = self.args.extra.get("bootstrap_host") or self.args.local_host
-        register_prefill(host_port(where, self.args.bootstrap_port), info, secret)
+        register_prefill(host_port(where, self.args.bootstrap_port), info, secret,
+                         attempts=5 if self.bootstrap_server is not None else 60)
 
     def registration(self, sl: Optional[Slice] = None) -> RegisterMsg:
         """Decode side: what the prefill needs to write into this decode's memory; ``sl``:
