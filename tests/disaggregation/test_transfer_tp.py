@@ -1,7 +1,8 @@
 """PD between different tensor-parallel sizes at the transfer level, on Mooncake and NIXL: every
 TP rank is its own process with its own KV manager and engine (prefill ranks > 0 register with
 rank 0's bootstrap server). After random chunked transfers, each decode rank's pages equal the
-matching head slices of the prefill ranks' pages byte for byte, pages nobody named stay zero,
+matching head slices of the prefill ranks' pages byte for byte (moved as whole pages through
+the staging buffers of tp_staging.py, not one block per token), pages nobody named stay zero,
 each decode rank's metadata row arrives, and every room and destination is forgotten after
 ``clear``. A decode of another model is refused naming both TP sizes. The head-slice planner
 and block builder are also checked alone for wider layouts (tp4 -> tp2, replicated heads)."""
@@ -94,6 +95,10 @@ def _transfer(prefill: list[Proc], decode: list[Proc], addr: str) -> None:
         assert not got[:, :, others].any(), f"decode rank {r}: pages nobody named were written"
         aux = d.call("get_aux", dst_aux)
         assert (aux["room"], aux["first_token"], aux["top_logprobs"]) == (room, 77, [(-0.5, 3)])
+    regions = 2 * LAYOUT["num_layers"]
+    for p in prefill:  # whole pages (tp_staging.py), not one block per token (4x as many)
+        dsts = len(decode) // len(prefill) or 1  # decode ranks each prefill rank serves
+        assert 0 < p.call("metric", room)["blocks"] <= len(src) * regions * dsts
     for n in everyone:
         n.call("clear", room)
         assert set(n.call("room_counts").values()) == {0}

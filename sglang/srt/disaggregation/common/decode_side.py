@@ -22,7 +22,7 @@ import threading
 import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 
@@ -79,6 +79,7 @@ class DecodeSide:
             info = self.prefills.get(bootstrap_addr)
             if info is not None:
                 st.prefill_endpoint, st.sources = info["endpoint"], dict(info["sources"])
+                st.staged = dict(info["staged"])
                 self.rooms.set_status(room, KVPoll.WaitingForInput)
                 return True
         self._pool.submit(self._handshake, room, bootstrap_addr)
@@ -97,6 +98,7 @@ class DecodeSide:
         st = self.rooms.get(room)
         if st is not None:
             st.prefill_endpoint, st.sources = info["endpoint"], dict(info["sources"])
+            st.staged = dict(info["staged"])
             self.rooms.set_status(room, KVPoll.WaitingForInput)
 
     def ensure_connected(self, addr: str) -> dict[str, Any]:
@@ -109,6 +111,7 @@ class DecodeSide:
             mine = self.mgr.local_info()
             self._check(addr, info, mine)
             sources: dict[str, int] = {}
+            staged: dict[str, tuple[int, int]] = {}
             for sl, expected in source_plan(info, mine):
                 rinfo = info if sl.prefill_rank == 0 else self._fetch(addr, sl.prefill_rank)
                 if sl.prefill_rank != 0:
@@ -119,8 +122,12 @@ class DecodeSide:
                 if not self.mgr.control.send(endpoint, reg):
                     raise PrefillUnavailable(f"could not reach prefill manager {endpoint}")
                 sources[endpoint] = expected
+                if (self.mgr.scatter is not None and self.mgr.pool_view is not None
+                        and 0 < sl.num_heads == rinfo.get("num_local_kv_heads")
+                        and sl.num_heads < mine["num_local_kv_heads"]):
+                    staged[endpoint] = (sl.dst_head, sl.num_heads)  # tp_staging.py: scatter
             info["endpoint"] = f"{info['rank_ip']}:{info['rank_port']}"
-            info["sources"] = sources
+            info["sources"], info["staged"] = sources, staged
             with self.lock:
                 self.prefills[addr] = info
             logger.info(
@@ -160,14 +167,36 @@ class DecodeSide:
         dst = np.ascontiguousarray(pages, dtype=np.int32).reshape(-1)
         st.num_pages = len(dst)
         st.metadata_sent_at = time.monotonic()
+        st.dst_pages = dst
         for endpoint, expected in st.sources.items():
-            msg = MetadataMsg(self.mgr.endpoint, room, dst.tobytes(), int(aux_index), expected)
+            pages, staged = dst, False
+            if endpoint in st.staged:
+                pages = self._stage(st, endpoint, len(dst))
+                staged = pages is not None
+                if pages is None:  # staging full: this room takes per-token blocks
+                    del st.staged[endpoint]
+                    pages = dst
+            msg = MetadataMsg(self.mgr.endpoint, room, pages.tobytes(), int(aux_index), expected,
+                              staged)
             if not self.mgr.control.send(endpoint, msg):
                 st.acked.add(endpoint)  # the pages never left: nothing can be written into them
                 self.fail(room, f"could not send the destination pages to {endpoint}",
                           tell_prefill=True)
                 return
         logger.debug("Request %d: sent %d destination pages, aux row %d", room, len(dst), aux_index)
+
+    def _stage(self, st: ReceiverRoom, endpoint: str, n: int) -> Optional[np.ndarray]:
+        a, local = self.mgr.args, self.mgr.tp_info()["num_local_kv_heads"]
+        item = a.kv_item_len // local * st.staged[endpoint][1]  # one source page
+        assert self.mgr.scatter is not None
+        return self.mgr.scatter.alloc(st.room, endpoint, n, item)
+
+    def _unstage(self, st: ReceiverRoom, endpoint: str) -> None:
+        """A staged source said Success: copy its pages into the pool's heads."""
+        scatter, pool = self.mgr.scatter, self.mgr.pool_view
+        assert scatter is not None and pool is not None and st.dst_pages is not None
+        scatter.scatter(st.room, endpoint, pool, st.dst_pages, self.mgr.args.page_size,
+                        self.mgr.tp_info()["num_local_kv_heads"], st.staged[endpoint][0])
 
     def poll(self, room: int) -> KVPoll:
         st = self.rooms.get(room)
@@ -206,6 +235,8 @@ class DecodeSide:
             st = self.rooms.pop(room)
             if st is not None:
                 self.addr_rooms[st.bootstrap_addr].discard(room)
+                if st.staged and self.mgr.scatter is not None:
+                    self.mgr.scatter.free_room(room)
 
     def fail(self, room: int, reason: str, tell_prefill: bool = False) -> None:
         if not self.rooms.set_status(room, KVPoll.Failed, reason):
@@ -227,6 +258,8 @@ class DecodeSide:
         if msg.status == KVPoll.Success:
             if st.metadata_sent_at is None:
                 return
+            if msg.peer in st.staged and st.status != KVPoll.Failed:
+                self._unstage(st, msg.peer)  # while the other sources still write
             st.succeeded.add(msg.peer)
             if (st.succeeded >= set(st.sources)
                     and self.rooms.set_status(msg.room, KVPoll.Success)):
