@@ -19,7 +19,6 @@ decode's staging is full (that room then takes per-token blocks).
 from __future__ import annotations
 
 import ctypes
-import os
 import queue
 import threading
 from typing import Optional, Sequence
@@ -27,9 +26,11 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
+from sglang.srt.env import envs
+
 
 def staging_bytes() -> int:
-    return max(0, int(os.environ.get("SGLANG_DISAGGREGATION_TP_STAGING_MB", "256"))) << 20
+    return envs.tp_staging_bytes
 
 
 def heads_view(pool: np.ndarray, page_size: int, local: int) -> np.ndarray:
