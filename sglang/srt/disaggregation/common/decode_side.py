@@ -22,7 +22,7 @@ import threading
 import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -45,6 +45,7 @@ from sglang.srt.disaggregation.common.messages import (
 )
 from sglang.srt.disaggregation.common.room_table import ReceiverRoom, RoomTable
 from sglang.srt.disaggregation.common.tp_layout import source_plan
+from sglang.srt.disaggregation.common.tp_staging import stage, unstage
 from sglang.srt.env import envs
 
 if TYPE_CHECKING:
@@ -171,7 +172,7 @@ class DecodeSide:
         for endpoint, expected in st.sources.items():
             pages, staged = dst, False
             if endpoint in st.staged:
-                pages = self._stage(st, endpoint, len(dst))
+                pages = stage(self.mgr, st, endpoint, len(dst))
                 staged = pages is not None
                 if pages is None:  # staging full: this room takes per-token blocks
                     del st.staged[endpoint]
@@ -184,19 +185,6 @@ class DecodeSide:
                           tell_prefill=True)
                 return
         logger.debug("Request %d: sent %d destination pages, aux row %d", room, len(dst), aux_index)
-
-    def _stage(self, st: ReceiverRoom, endpoint: str, n: int) -> Optional[np.ndarray]:
-        a, local = self.mgr.args, self.mgr.tp_info()["num_local_kv_heads"]
-        item = a.kv_item_len // local * st.staged[endpoint][1]  # one source page
-        assert self.mgr.scatter is not None
-        return self.mgr.scatter.alloc(st.room, endpoint, n, item)
-
-    def _unstage(self, st: ReceiverRoom, endpoint: str) -> None:
-        """A staged source said Success: copy its pages into the pool's heads."""
-        scatter, pool = self.mgr.scatter, self.mgr.pool_view
-        assert scatter is not None and pool is not None and st.dst_pages is not None
-        scatter.scatter(st.room, endpoint, pool, st.dst_pages, self.mgr.args.page_size,
-                        self.mgr.tp_info()["num_local_kv_heads"], st.staged[endpoint][0])
 
     def poll(self, room: int) -> KVPoll:
         st = self.rooms.get(room)
@@ -259,7 +247,7 @@ class DecodeSide:
             if st.metadata_sent_at is None:
                 return
             if msg.peer in st.staged and st.status != KVPoll.Failed:
-                self._unstage(st, msg.peer)  # while the other sources still write
+                unstage(self.mgr, st, msg.peer)  # while the other sources still write
             st.succeeded.add(msg.peer)
             if (st.succeeded >= set(st.sources)
                     and self.rooms.set_status(msg.room, KVPoll.Success)):

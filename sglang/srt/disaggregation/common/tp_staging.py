@@ -21,7 +21,7 @@ from __future__ import annotations
 import ctypes
 import queue
 import threading
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
@@ -168,3 +168,17 @@ class ScatterStaging:
         view[:, :, :, dst_head : dst_head + heads].index_copy_(
             1, torch.from_numpy(np.asarray(dst_pages, dtype=np.int64)),
             torch.from_numpy(_words(src, words)))
+
+
+def stage(mgr: Any, st: Any, endpoint: str, n: int) -> Optional[np.ndarray]:
+    """Decode side: staging pages for ``n`` whole pages of source ``endpoint`` of room ``st``
+    (a ReceiverRoom), or None when the staging is full."""
+    a, local = mgr.args, mgr.tp_info()["num_local_kv_heads"]
+    item = a.kv_item_len // local * st.staged[endpoint][1]  # one source page
+    return mgr.scatter.alloc(st.room, endpoint, n, item)
+
+
+def unstage(mgr: Any, st: Any, endpoint: str) -> None:
+    """Decode side: source ``endpoint`` said Success: copy its staged pages into the pool."""
+    mgr.scatter.scatter(st.room, endpoint, mgr.pool_view, st.dst_pages, mgr.args.page_size,
+                        mgr.tp_info()["num_local_kv_heads"], st.staged[endpoint][0])
