@@ -43,6 +43,11 @@ class _Env:
         return max(1, _int("SGLANG_DISAGGREGATION_THREAD_POOL_SIZE", 4))
 
     @property
+    def tp_staging_bytes(self) -> int:
+        """PD between different TP sizes: staging buffer per KV manager (tp_staging.py); 0: off."""
+        return max(0, _int("SGLANG_DISAGGREGATION_TP_STAGING_MB", 256)) << 20
+
+    @property
     def max_transfer_batch(self) -> int:
         """Most blocks in one transfer-engine batch call (huge batches fail on Mooncake TCP)."""
         return max(1, _int("SGLANG_MOONCAKE_MAX_TRANSFER_BATCH_INDICES", 128))

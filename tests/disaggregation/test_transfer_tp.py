@@ -1,7 +1,9 @@
 """PD between different tensor-parallel sizes at the transfer level, on Mooncake and NIXL: every
 TP rank is its own process with its own KV manager and engine (prefill ranks > 0 register with
 rank 0's bootstrap server). After random chunked transfers, each decode rank's pages equal the
-matching head slices of the prefill ranks' pages byte for byte, pages nobody named stay zero,
+matching head slices of the prefill ranks' pages byte for byte (on Mooncake as whole pages
+through the staging buffers of tp_staging.py, on NIXL with staging off as one block per token),
+pages nobody named stay zero,
 each decode rank's metadata row arrives, and every room and destination is forgotten after
 ``clear``. A decode of another model is refused naming both TP sizes. The head-slice planner
 and block builder are also checked alone for wider layouts (tp4 -> tp2, replicated heads)."""
@@ -30,9 +32,11 @@ READY = [int(KVPoll.WaitingForInput), int(KVPoll.Failed)]
 
 def _start(backend: str, mode: str, port: int, size: int, layout=LAYOUT,
            secret: str = "") -> list[Proc]:
-    """All ranks of one side, set up in parallel (prefill rank 0 first: it owns the secret)."""
+    """All ranks of one side, set up in parallel (prefill rank 0 first: it owns the secret).
+    NIXL runs without staging buffers: one block per token (the path of KV in VRAM)."""
     procs = [Proc(f"{mode}{r}-{backend}") for r in range(size)]
-    kw = dict(page_size=PAGE, num_pages=NUM_PAGES, layout=layout)
+    kw = dict(page_size=PAGE, num_pages=NUM_PAGES, layout=layout,
+              env={"SGLANG_DISAGGREGATION_TP_STAGING_MB": "0" if backend == "nixl" else "256"})
     tp = {"size": size, "num_heads": NUM_HEADS}
     if mode == "prefill":
         procs[0].call("setup", backend, mode, port, timeout=60, tp={**tp, "rank": 0}, **kw)
@@ -53,7 +57,7 @@ def _pool(raw: bytes, local: int) -> np.ndarray:
                                                       local, -1)
 
 
-def _transfer(prefill: list[Proc], decode: list[Proc], addr: str) -> None:
+def _transfer(prefill: list[Proc], decode: list[Proc], addr: str, staging: bool) -> None:
     p_tp, d_tp = len(prefill), len(decode)
     for i, p in enumerate(prefill):
         p.call("fill_random", 100 + i)
@@ -94,6 +98,11 @@ def _transfer(prefill: list[Proc], decode: list[Proc], addr: str) -> None:
         assert not got[:, :, others].any(), f"decode rank {r}: pages nobody named were written"
         aux = d.call("get_aux", dst_aux)
         assert (aux["room"], aux["first_token"], aux["top_logprobs"]) == (room, 77, [(-0.5, 3)])
+    regions = 2 * LAYOUT["num_layers"]
+    for p in prefill:  # whole pages with staging (tp_staging.py), else one block per token
+        dsts = len(decode) // len(prefill) or 1  # decode ranks each prefill rank serves
+        blocks, pages = p.call("metric", room)["blocks"], len(src) * regions * dsts
+        assert 0 < blocks <= pages if staging else blocks == pages * PAGE
     for n in everyone:
         n.call("clear", room)
         assert set(n.call("room_counts").values()) == {0}
@@ -113,8 +122,9 @@ def test_different_tp_head_slices_byte_for_byte(backend: str) -> None:
             futs = [ex.submit(side, "prefill", wide, 2), ex.submit(side, "decode", wide, 1),
                     ex.submit(side, "prefill", narrow, 1), ex.submit(side, "decode", narrow, 2)]
             p2, d1, p1, d2 = [f.result() for f in futs]
-        _transfer(p2, d1, f"127.0.0.1:{wide}")  # P tp2 -> D tp1
-        _transfer(p1, d2, f"127.0.0.1:{narrow}")  # P tp1 -> D tp2
+        staging = backend != "nixl"
+        _transfer(p2, d1, f"127.0.0.1:{wide}", staging)  # P tp2 -> D tp1
+        _transfer(p1, d2, f"127.0.0.1:{narrow}", staging)  # P tp1 -> D tp2
         if backend != "mooncake":
             return  # (the handshake does not depend on the engine: checked once)
         # a decode of another model (2 KV heads, not 4): refused, naming both TP sizes
@@ -125,7 +135,7 @@ def test_different_tp_head_slices_byte_for_byte(backend: str) -> None:
         assert status == KVPoll.Failed
         assert "num_kv_heads): prefill 4, decode 2" in reason, reason
         assert "prefill --tp-size 2, decode --tp-size 1" in reason, reason
-        _transfer(p2, d1, f"127.0.0.1:{wide}")  # the pair still serves, over the same
+        _transfer(p2, d1, f"127.0.0.1:{wide}", staging)  # the pair still serves, over the same
         # registrations
 
 

@@ -103,7 +103,8 @@ class Scheduler(SchedulerReportsMixin):
             raise ValueError(f"--disaggregation-mode {args.disaggregation_mode} needs a PD layer")
         self.disagg: DisaggLayer = make_disagg(PDContext(
             args, self.pool, self.cache, self.metrics, self.max_running, self.device,
-            args.tp_size, tp_rank, self.model_config.num_heads, self.model_config.num_kv_heads,
+            args.tp_size, tp_rank, getattr(self.model_config, "num_heads", 0),
+            getattr(self.model_config, "num_kv_heads", 0),  # (in-process tests' stub models)
             dp_rank,
         )) if self.pd else NoDisagg()
 

@@ -47,6 +47,7 @@ from sglang.srt.disaggregation.common.messages import (
 )
 from sglang.srt.disaggregation.common.room_table import ReceiverRoom, RoomTable
 from sglang.srt.disaggregation.common.tp_layout import source_plan
+from sglang.srt.disaggregation.common.tp_staging import stage, unstage
 from sglang.srt.env import envs
 from sglang.srt.utils.network import bracket_host
 
@@ -85,6 +86,7 @@ class DecodeSide:
             info = self.prefills.get((bootstrap_addr, room % dp_size)) if dp_size else None
             if info is not None:
                 st.prefill_endpoint, st.sources = info["endpoint"], dict(info["sources"])
+                st.staged = dict(info["staged"])
                 self.rooms.set_status(room, KVPoll.WaitingForInput)
                 return True
         self._pool.submit(self._handshake, room, bootstrap_addr)
@@ -106,6 +108,7 @@ class DecodeSide:
         st = self.rooms.get(room)
         if st is not None:
             st.prefill_endpoint, st.sources = info["endpoint"], dict(info["sources"])
+            st.staged = dict(info["staged"])
             self.rooms.set_status(room, KVPoll.WaitingForInput)
 
     def ensure_connected(self, addr: str, dp_rank: int = 0) -> dict[str, Any]:
@@ -120,8 +123,10 @@ class DecodeSide:
             mine = self.mgr.local_info()
             self._check(addr, info, mine)
             sources: dict[str, int] = {}
+            staged: dict[str, tuple[int, int]] = {}
             for sl, expected in source_plan(info, mine):
-                rinfo = info if sl.prefill_rank == 0 else self._fetch(addr, sl.prefill_rank, dp_rank)
+                rinfo = (info if sl.prefill_rank == 0
+                         else self._fetch(addr, sl.prefill_rank, dp_rank))
                 if sl.prefill_rank != 0:
                     self._check(addr, rinfo, mine)
                 endpoint = f"{bracket_host(rinfo['rank_ip'])}:{rinfo['rank_port']}"
@@ -130,8 +135,12 @@ class DecodeSide:
                 if not self.mgr.control.send(endpoint, reg):
                     raise PrefillUnavailable(f"could not reach prefill manager {endpoint}")
                 sources[endpoint] = expected
+                if (self.mgr.scatter is not None and self.mgr.pool_view is not None
+                        and 0 < sl.num_heads == rinfo.get("num_local_kv_heads")
+                        and sl.num_heads < mine["num_local_kv_heads"]):
+                    staged[endpoint] = (sl.dst_head, sl.num_heads)  # tp_staging.py: scatter
             info["endpoint"] = f"{bracket_host(info['rank_ip'])}:{info['rank_port']}"
-            info["sources"] = sources
+            info["sources"], info["staged"] = sources, staged
             with self.lock:
                 self.prefills[key] = info
                 if dp_rank == 0:
@@ -174,8 +183,17 @@ class DecodeSide:
         dst = np.ascontiguousarray(pages, dtype=np.int32).reshape(-1)
         st.num_pages = len(dst)
         st.metadata_sent_at = time.monotonic()
+        st.dst_pages = dst
         for endpoint, expected in st.sources.items():
-            msg = MetadataMsg(self.mgr.endpoint, room, dst.tobytes(), int(aux_index), expected)
+            pages, staged = dst, False
+            if endpoint in st.staged:
+                pages = stage(self.mgr, st, endpoint, len(dst))
+                staged = pages is not None
+                if pages is None:  # staging full: this room takes per-token blocks
+                    del st.staged[endpoint]
+                    pages = dst
+            msg = MetadataMsg(self.mgr.endpoint, room, pages.tobytes(), int(aux_index), expected,
+                              staged)
             if not self.mgr.control.send(endpoint, msg):
                 st.acked.add(endpoint)  # the pages never left: nothing can be written into them
                 self.fail(room, f"could not send the destination pages to {endpoint}",
@@ -220,6 +238,8 @@ class DecodeSide:
             st = self.rooms.pop(room)
             if st is not None:
                 self.addr_rooms[st.bootstrap_addr].discard(room)
+                if st.staged and self.mgr.scatter is not None:
+                    self.mgr.scatter.free_room(room)
 
     def fail(self, room: int, reason: str, tell_prefill: bool = False) -> None:
         if not self.rooms.set_status(room, KVPoll.Failed, reason):
@@ -241,6 +261,8 @@ class DecodeSide:
         if msg.status == KVPoll.Success:
             if st.metadata_sent_at is None:
                 return
+            if msg.peer in st.staged and st.status != KVPoll.Failed:
+                unstage(self.mgr, st, msg.peer)  # while the other sources still write
             st.succeeded.add(msg.peer)
             if (st.succeeded >= set(st.sources)
                     and self.rooms.set_status(msg.room, KVPoll.Success)):

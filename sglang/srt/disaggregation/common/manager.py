@@ -32,6 +32,12 @@ from sglang.srt.disaggregation.common.messages import (
 from sglang.srt.disaggregation.common.prefill_side import PrefillSide
 from sglang.srt.disaggregation.common.room_table import PeerInfo
 from sglang.srt.disaggregation.common.tp_layout import Slice
+from sglang.srt.disaggregation.common.tp_staging import (
+    GatherBuffers,
+    ScatterStaging,
+    region_view,
+    staging_bytes,
+)
 from sglang.srt.disaggregation.common.transfer_worker import TransferFailed
 from sglang.srt.disaggregation.common.utils import Blocks
 from sglang.srt.distributed.parallel_state import head_split
@@ -62,6 +68,7 @@ class CommonKVManager(BaseKVManager):
         self.prefill: Optional[PrefillSide] = None
         self.decode: Optional[DecodeSide] = None
         self._closed = False
+        self._init_staging()
         self._init_engine()
         self.control = ControlPlane(args.local_host, self._on_message,
                                     args.extra.get("bootstrap_host"))
@@ -78,6 +85,33 @@ class CommonKVManager(BaseKVManager):
                     host, args.bootstrap_port, args.extra.get("bootstrap_secret"))
             self.register_to_bootstrap()
         logger.info("KV manager (%s, %s) ready: %s", mode, self.backend_name, self.describe())
+
+    def _init_staging(self) -> None:
+        """tp_staging.py: the prefill's gather buffers or the decode's scatter staging (KV in
+        DRAM only), and a numpy view of this rank's KV regions."""
+        a = self.args
+        self.gather_bufs: Optional[GatherBuffers] = None
+        self.scatter: Optional[ScatterStaging] = None
+        self.pool_view = None
+        total = staging_bytes()
+        if a.device != "cpu" or total == 0 or not a.kv_data_ptrs or a.kv_item_len <= 0:
+            return
+        self.pool_view = region_view(a.kv_data_ptrs, a.kv_item_len,
+                                     a.kv_data_lens[0] // a.kv_item_len)
+        if self.pool_view is None:
+            return
+        if self.mode == "prefill":
+            self.gather_bufs = GatherBuffers(total, envs.transfer_threads, len(a.kv_data_ptrs))
+        else:
+            self.scatter = ScatterStaging(total, len(a.kv_data_ptrs))
+
+    def staging_regions(self) -> tuple[list[int], list[int]]:
+        """DRAM the engine must register besides the KV regions and metadata rows."""
+        if self.gather_bufs is not None:
+            return self.gather_bufs.ptrs_lens()
+        if self.scatter is not None:
+            return [self.scatter.buf.ptr], [self.scatter.buf.array.nbytes]
+        return [], []
 
     # ---- what both sides agree on --------------------------------------------------------
     def local_info(self) -> dict[str, Any]:
@@ -141,6 +175,7 @@ class CommonKVManager(BaseKVManager):
             aux_item_lens=list(a.aux_item_lens),
             transfer=self.transfer_info(),
             tp_size=a.tp_size,
+            stage_ptrs=self.scatter.buf.ptrs() if self.scatter is not None else [],
         )
         if sl is not None:
             msg.src_head, msg.dst_head, msg.num_heads = sl.src_head, sl.dst_head, sl.num_heads

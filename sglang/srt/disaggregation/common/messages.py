@@ -45,6 +45,8 @@ class RegisterMsg:
     dst_num_heads: int = -1
     sends_aux: bool = True
     tp_size: int = 1
+    # the decode's scatter staging, one base per KV region (tp_staging.py); [] when it has none
+    stage_ptrs: list[int] = field(default_factory=list)
 
     T = "register"
 
@@ -57,6 +59,8 @@ class MetadataMsg:
     dst_aux_index: int
     # how many decode ranks send this prefill rank their pages for the room (TP: tp_layout.py)
     expected_dsts: int = 1
+    # dst_pages are pages of the decode's scatter staging: write whole source pages there
+    staged: bool = False
 
     T = "metadata"
 

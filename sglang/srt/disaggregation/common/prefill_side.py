@@ -93,7 +93,8 @@ class PrefillSide:
             logger.warning("Request %d: %s", msg.room, reason)
             self._send_status(msg.peer, msg.room, KVPoll.Failed, reason, reregister=True)
             return
-        info = TransferInfo(msg.peer, msg.pages().copy(), msg.dst_aux_index, msg.expected_dsts)
+        info = TransferInfo(msg.peer, msg.pages().copy(), msg.dst_aux_index, msg.expected_dsts,
+                            msg.staged and bool(self.peers[msg.peer].stage_ptrs))
         with self.lock:
             dsts, old = add_destination(self.infos, msg.room, info)
             complete = len(dsts) == dsts[0].expected
@@ -216,8 +217,8 @@ class PrefillSide:
                 self.rooms.set_status(room, KVPoll.Transferring)
                 job = TransferJob(
                     room=room,
-                    dsts=[Dest(d.peer, d.dst_pages[start : start + len(src)], d.dst_aux_index)
-                          for d in self.infos[room]],
+                    dsts=[Dest(d.peer, d.dst_pages[start : start + len(src)], d.dst_aux_index,
+                               d.staged) for d in self.infos[room]],
                     src_pages=src,
                     last_chunk=last_chunk,
                     aux_index=st.aux_index if st.aux_index is not None else -1,

@@ -75,6 +75,8 @@ class ReceiverRoom(RoomState):
     sources: dict[str, int] = field(default_factory=dict)
     succeeded: set[str] = field(default_factory=set)  # sources that reported Success
     acked: set[str] = field(default_factory=set)  # sources that will not write any more
+    staged: dict[str, tuple[int, int]] = field(default_factory=dict)  # source -> (dst_head, n)
+    dst_pages: Optional[np.ndarray] = None  # the pool pages given to send_metadata
     metadata_sent_at: Optional[float] = None
     num_pages: int = 0
     # The prefill will not write into this room's pages any more (it acknowledged the abort,
@@ -90,6 +92,7 @@ class TransferInfo:
     dst_pages: np.ndarray
     dst_aux_index: int
     expected: int = 1  # destinations (decode ranks) this room has on this prefill rank
+    staged: bool = False  # dst_pages are the decode's staging pages (tp_staging.py)
     received: float = field(default_factory=time.monotonic)
 
 
@@ -111,6 +114,7 @@ class PeerInfo:
     num_heads: int = -1
     dst_num_heads: int = -1
     sends_aux: bool = True
+    stage_ptrs: list[int] = field(default_factory=list)
 
     @classmethod
     def of(cls, msg: Any) -> "PeerInfo":
@@ -118,7 +122,8 @@ class PeerInfo:
         return cls(msg.peer, msg.engine_rank, list(msg.kv_ptrs), msg.kv_item_len,
                    list(msg.aux_ptrs), list(msg.aux_item_lens), msg.transfer,
                    src_head=msg.src_head, dst_head=msg.dst_head, num_heads=msg.num_heads,
-                   dst_num_heads=msg.dst_num_heads, sends_aux=msg.sends_aux)
+                   dst_num_heads=msg.dst_num_heads, sends_aux=msg.sends_aux,
+                   stage_ptrs=list(msg.stage_ptrs))
 
 
 def add_destination(infos: dict[int, list[TransferInfo]], room: int,

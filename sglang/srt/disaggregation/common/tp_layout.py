@@ -122,6 +122,8 @@ def slice_problem(args: Any, local: int, msg: Any) -> Optional[str]:
         return f"{len(msg.kv_ptrs)} KV regions != prefill {len(a.kv_data_ptrs)}"
     if list(msg.aux_item_lens) != list(a.aux_item_lens):
         return f"metadata rows {msg.aux_item_lens} != prefill {a.aux_item_lens}"
+    if msg.stage_ptrs and len(msg.stage_ptrs) != len(a.kv_data_ptrs):
+        return f"{len(msg.stage_ptrs)} staging regions != prefill {len(a.kv_data_ptrs)}"
     if msg.num_heads == -1:  # whole pages, same layout
         if msg.kv_item_len != a.kv_item_len:
             return f"KV page bytes {msg.kv_item_len} != prefill {a.kv_item_len}"

@@ -15,8 +15,9 @@ import logging
 import queue
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Optional, Union
+from typing import TYPE_CHECKING, Callable, Iterator, Optional, Union
 
 import numpy as np
 
@@ -25,6 +26,7 @@ from sglang.srt.disaggregation.common import faults
 from sglang.srt.disaggregation.common.messages import StatusMsg
 from sglang.srt.disaggregation.common.room_table import PeerInfo
 from sglang.srt.disaggregation.common.tp_layout import head_slice_blocks, same_layout
+from sglang.srt.disaggregation.common.tp_staging import gather
 from sglang.srt.disaggregation.common.utils import (
     Blocks,
     aux_blocks,
@@ -52,6 +54,7 @@ class Dest:
     peer: str
     dst_pages: np.ndarray
     dst_aux_index: int
+    staged: bool = False  # dst_pages are the decode's staging pages (whole source pages)
 
 
 @dataclass
@@ -77,6 +80,7 @@ class TransferWorkers:
         ]
         for t in self._threads:
             t.start()
+        self._fanout = ThreadPoolExecutor(num_threads, thread_name_prefix="kv-fanout")
 
     def submit(self, job: TransferJob) -> None:
         self._queues[job.room % len(self._queues)].put(job)
@@ -103,25 +107,47 @@ class TransferWorkers:
                 self.side.fail(job.room, f"Transfer worker error for {job.room}: {e}", True)
 
     def _execute(self, job: TransferJob) -> None:
-        for dest in job.dsts:
-            if not self._write(job, dest):
-                return
+        if len(job.dsts) == 1:
+            ok = self._write(job, job.dsts[0])
+        else:  # several decode ranks (TP): written at once, a gather overlapping a write
+            ok = all(list(self._fanout.map(lambda d: self._write(job, d), job.dsts)))
+        if not ok:
+            return
         logger.debug("Request %d: wrote %d pages to %d decode rank(s)%s", job.room,
                      len(job.src_pages), len(job.dsts), " (last chunk + aux)" if job.last_chunk
                      else "")
         if job.last_chunk:
             self._conclude(job)
 
-    def _blocks(self, job: TransferJob, dest: Dest, peer: PeerInfo) -> Blocks:
-        args = self.mgr.args
-        local = self.mgr.tp_info()["num_local_kv_heads"]
-        if peer.num_heads == -1 or same_layout(local, peer.dst_num_heads, peer.num_heads):
+    def _kv_writes(self, job: TransferJob, dest: Dest, peer: PeerInfo) -> Iterator[Blocks]:
+        """The chunk's KV writes into one decode rank, one Blocks per engine call (a gathered
+        piece's staging buffer is lent only while its write runs)."""
+        mgr, args = self.mgr, self.mgr.args
+        local = mgr.tp_info()["num_local_kv_heads"]
+        if dest.staged:  # whole pages into the decode's staging (tp_staging.py: scatter)
             runs = group_concurrent_contiguous(*sort_pairs(job.src_pages, dest.dst_pages))
-            return kv_blocks(runs, args.kv_data_ptrs, peer.kv_ptrs, args.kv_item_len)
-        return head_slice_blocks(job.src_pages, dest.dst_pages, args.kv_data_ptrs, peer.kv_ptrs,
-                                 args.kv_item_len, peer.kv_item_len, args.page_size, local,
-                                 peer.dst_num_heads, peer.src_head, peer.dst_head,
-                                 peer.num_heads)
+            yield kv_blocks(runs, args.kv_data_ptrs, peer.stage_ptrs, args.kv_item_len)
+        elif peer.num_heads == -1 or same_layout(local, peer.dst_num_heads, peer.num_heads):
+            runs = group_concurrent_contiguous(*sort_pairs(job.src_pages, dest.dst_pages))
+            yield kv_blocks(runs, args.kv_data_ptrs, peer.kv_ptrs, args.kv_item_len)
+        elif (peer.num_heads == peer.dst_num_heads and mgr.gather_bufs is not None
+              and mgr.pool_view is not None):  # the decode's whole pages: gather, then pages
+            step = max(1, mgr.gather_bufs.buffers[0].row // peer.kv_item_len)
+            for i in range(0, len(job.src_pages), step):
+                src, dst = job.src_pages[i : i + step], dest.dst_pages[i : i + step]
+                buf = mgr.gather_bufs.take()
+                try:
+                    item = gather(mgr.pool_view, src, args.page_size, local, peer.src_head,
+                                  peer.num_heads, buf)
+                    runs = group_concurrent_contiguous(np.arange(len(src)), dst)
+                    yield kv_blocks(runs, buf.ptrs(), peer.kv_ptrs, item)
+                finally:
+                    mgr.gather_bufs.give(buf)
+        else:  # one block per token
+            yield head_slice_blocks(job.src_pages, dest.dst_pages, args.kv_data_ptrs,
+                                    peer.kv_ptrs, args.kv_item_len, peer.kv_item_len,
+                                    args.page_size, local, peer.dst_num_heads, peer.src_head,
+                                    peer.dst_head, peer.num_heads)
 
     def _write(self, job: TransferJob, dest: Dest) -> bool:
         """Write the chunk into one decode rank; False once the room failed."""
@@ -139,7 +165,6 @@ class TransferWorkers:
             )
             return False
         args = self.mgr.args
-        blocks = self._blocks(job, dest, peer)
         aux = None
         if job.last_chunk and peer.sends_aux:
             aux = aux_blocks(
@@ -150,16 +175,23 @@ class TransferWorkers:
             st.t_first = time.monotonic()
         if envs.test_transfer_delay > 0:  # test only: keep this write in flight a while
             time.sleep(envs.test_transfer_delay)
+        nbytes = nblocks = 0
+        hooks = bool(envs.test_write_delay_ms or envs.test_write_failure_prob)  # test-only knobs
         try:
-            if envs.test_write_delay_ms or envs.test_write_failure_prob:  # test-only knobs
-                faults.before_write("KV" if blocks.src else "metadata", dest.peer)
-            if aux is not None and blocks.src and self.mgr.merges_aux(peer):
-                self.mgr.write(peer, blocks + aux, "kv")  # one engine call, one completion
-            else:
-                if blocks.src:
+            for blocks in self._kv_writes(job, dest, peer):
+                if hooks:  # once per chunk and destination
+                    faults.before_write("KV" if blocks.src else "metadata", dest.peer)
+                    hooks = False
+                if aux is not None and blocks.src and self.mgr.merges_aux(peer):
+                    self.mgr.write(peer, blocks + aux, "kv")  # one engine call, one completion
+                    aux = None
+                elif blocks.src:
                     self.mgr.write(peer, blocks, "kv")
-                if aux is not None:
-                    self.mgr.write(peer, aux, "aux")
+                nbytes, nblocks = nbytes + blocks.total_bytes(), nblocks + len(blocks.src)
+            if aux is not None:
+                if hooks:
+                    faults.before_write("metadata", dest.peer)
+                self.mgr.write(peer, aux, "aux")
         except Exception as e:
             if not isinstance(e, faults.InjectedWriteFailure):
                 side.mark_failed(dest.peer)
@@ -167,8 +199,8 @@ class TransferWorkers:
                 logger.warning("Request %d (aborted): write to %s failed: %s", room, dest.peer, e)
             side.fail(room, f"Failed to send kv chunk of {room} to {dest.peer}: {e}", notify=True)
             return False
-        st.bytes += blocks.total_bytes()
-        st.blocks += len(blocks.src)
+        st.bytes += nbytes
+        st.blocks += nblocks
         return True
 
     def _conclude(self, job: TransferJob) -> None:
@@ -197,3 +229,4 @@ class TransferWorkers:
             q.put(None)
         for t in self._threads:
             t.join(timeout=2)
+        self._fanout.shutdown(wait=False, cancel_futures=True)

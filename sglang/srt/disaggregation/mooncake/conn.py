@@ -20,9 +20,10 @@ class MooncakeKVManager(CommonKVManager):
     def _init_engine(self) -> None:
         a = self.args
         self.engine = MooncakeTransferEngine(a.local_host, a.ib_device, self.force_tcp)
+        st_ptrs, st_lens = self.staging_regions()
         self.engine.register(
-            list(a.kv_data_ptrs) + list(a.aux_data_ptrs),
-            list(a.kv_data_lens) + list(a.aux_data_lens),
+            list(a.kv_data_ptrs) + list(a.aux_data_ptrs) + st_ptrs,
+            list(a.kv_data_lens) + list(a.aux_data_lens) + st_lens,
         )
 
     def describe(self) -> dict[str, Any]:

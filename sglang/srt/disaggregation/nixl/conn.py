@@ -45,6 +45,9 @@ class NixlKVManager(CommonKVManager):
         self.agent = NixlAgent(name, envs.nixl_backend)
         self.agent.register(a.kv_data_ptrs, a.kv_data_lens, self.kv_mem, self.kv_dev)
         self.agent.register(a.aux_data_ptrs, a.aux_data_lens, "DRAM", 0)
+        st_ptrs, st_lens = self.staging_regions()
+        if st_ptrs:
+            self.agent.register(st_ptrs, st_lens, "DRAM", 0)
         if self.mode == "decode":
             self.agent.start_progress(envs.nixl_progress_interval)
 
