@@ -1,23 +1,25 @@
 """PD between tensor-parallel servers end to end: prefill and decode servers launched with
 ``--tp-size`` (one scheduler process and one KV manager per rank, gloo), mini_lb in front. P tp2 /
-D tp2, P tp2 / D tp1 and P tp1 / D tp2 on Mooncake, P tp2 / D tp1 on NIXL give the session's
-unified tp1 server's greedy answers, batched, for a prompt longer than the chunk size and for a
-repeated prompt (a prefix hit on the prefill); every pool is whole afterwards. A decode sent to a
-prefill it cannot use is refused at the handshake naming both TP sizes, and both keep serving.
+D tp2, P tp2 / D tp1 and P tp1 / D tp2 on Mooncake and on NIXL (P tp2 / D tp1 on NIXL also behind
+the real sglang-router) give the session's unified tp1 server's greedy answers, batched, for a
+prompt longer than the chunk size and for a repeated prompt (a prefix hit on the prefill); every
+pool is whole afterwards. A decode sent to a prefill it cannot use is refused at the handshake
+naming both TP sizes, and both keep serving.
 
 Servers are shared: the tp1 servers are the session's 1P1D clusters' (tests/conftest.py); this
-module adds a tp2 prefill and decode on Mooncake and a tp2 prefill on NIXL, and one mini_lb per
-pair (a prefill serves decodes of any TP size)."""
+module adds a tp2 prefill and a tp2 decode per engine, and one mini_lb per pair (a prefill serves
+decodes of any TP size)."""
 
 from __future__ import annotations
 
+import importlib.util
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
 from pool_checks import assert_pool_whole
 
-from sglang.test.server_utils import free_port, launch_server, start
+from sglang.test.server_utils import PDCluster, free_port, launch_router, launch_server, start
 
 # the reference server's (tests/conftest.py REFERENCE_ARGS)
 ARGS = ["--chunked-prefill-size", "32", "--page-size", "4", "--max-total-tokens", "4096",
@@ -28,9 +30,10 @@ PROMPTS = ["Hello, my name is", STORY + "One day", STORY * 2 + "In the end"]  # 
 GREEDY = {"temperature": 0, "max_new_tokens": 12}
 # (backend, mode, tp) of the servers this module launches; the tp1 ones are the session's
 # 1P1D clusters' (tests/conftest.py)
-SERVERS = [("mooncake", "prefill", 2), ("mooncake", "decode", 2), ("nixl", "prefill", 2)]
+SERVERS = [(b, mode, 2) for b in ("mooncake", "nixl") for mode in ("prefill", "decode")]
 # (backend, prefill tp, decode tp)
-PAIRS = [("mooncake", 2, 2), ("mooncake", 2, 1), ("mooncake", 1, 2), ("nixl", 2, 1)]
+PAIRS = [(b, p, d) for b in ("mooncake", "nixl") for p, d in ((2, 2), (2, 1), (1, 2))]
+ROUTED = ("nixl", 2, 1)  # also behind sglang-router
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +78,12 @@ def tp_servers(tiny_model, log_dir, pd_clusters):
         with ThreadPoolExecutor(len(PAIRS)) as ex:
             lbs = dict(zip(PAIRS, ex.map(front, PAIRS)))
         procs += lbs.values()
+        if importlib.util.find_spec("sglang_router") is not None:
+            backend, p_tp, d_tp = ROUTED
+            pair = PDCluster([servers[backend, "prefill", p_tp]],
+                             [servers[backend, "decode", d_tp]], None, [ports[backend, p_tp]])
+            lbs["router", *ROUTED] = launch_router(pair, f"{log_dir}/pd-tp", name="router-tp")
+            procs.append(lbs["router", *ROUTED])
         yield servers, {pair: lb.url for pair, lb in lbs.items()}, ports
     finally:
         for p in procs:
@@ -103,6 +112,16 @@ def test_tp_pairs_answer_as_unified_tp1(tp_servers, unified, pair):
     assert again["meta_info"]["cached_tokens"] >= 32
     assert again["output_ids"] == want[2]
     _pools_whole(servers, *pair)
+
+
+def test_tp_pair_behind_sglang_router(tp_servers, unified):
+    """The real sglang-router (--pd-disaggregation) in front of a P tp2 / D tp1 pair."""
+    pytest.importorskip("sglang_router", reason="sglang-router is not installed (make install)")
+    servers, lbs, _ = tp_servers
+    want = [o["output_ids"] for o in _gen(unified, PROMPTS)]
+    for text, ids in zip(PROMPTS, want):  # the router takes one prompt per request
+        assert _gen(lbs["router", *ROUTED], text)["output_ids"] == ids
+    _pools_whole(servers, *ROUTED)
 
 
 def test_handshake_refusal_names_both_tp_sizes(tp_servers):
