@@ -61,8 +61,10 @@ class Proc:
         self.popen.wait(10)
 
 
-def start(name: str, argv: list[str], url: str, log_dir: str, env: Optional[dict] = None,
-          health: str = "/health", timeout: float = 180) -> Proc:
+def spawn(name: str, argv: list[str], url: str, log_dir: str,
+          env: Optional[dict] = None) -> Proc:  # fmt: skip
+    """Start ``python ARGV`` in its own process group, its output to ``LOG_DIR/NAME.log``;
+    ``wait_healthy`` then waits for it. Servers spawned together start in parallel."""
     os.makedirs(log_dir, exist_ok=True)
     log_path = os.path.join(log_dir, f"{name}.log")
     log = open(log_path, "w")
@@ -71,27 +73,52 @@ def start(name: str, argv: list[str], url: str, log_dir: str, env: Optional[dict
         [sys.executable, *argv], stdout=log, stderr=subprocess.STDOUT, env=full_env,
         start_new_session=True,
     )
-    proc = Proc(name, popen, url, log_path)
+    return Proc(name, popen, url, log_path)
+
+
+def wait_healthy(proc: Proc, health: str = "/health", timeout: float = 180) -> Proc:
+    """``proc`` once ``GET url+health`` answers 200; stopped, and RuntimeError with its log's
+    tail, if it exits first or ``timeout`` passes."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         if not proc.alive():
-            raise RuntimeError(f"{name} exited during start-up:\n{proc.log_tail()}")
+            raise RuntimeError(f"{proc.name} exited during start-up:\n{proc.log_tail()}")
         try:
-            if requests.get(url + health, timeout=2).status_code == 200:
+            if requests.get(proc.url + health, timeout=2).status_code == 200:
                 return proc
         except requests.RequestException:
             pass
-        time.sleep(0.5)
+        time.sleep(0.1)  # every launch waits for this poll: a coarse one wastes its interval
     proc.stop()
-    raise RuntimeError(f"{name} did not become healthy in {timeout}s:\n{proc.log_tail()}")
+    raise RuntimeError(f"{proc.name} did not become healthy in {timeout}s:\n{proc.log_tail()}")
+
+
+def wait_all(procs: list[Proc]) -> list[Proc]:
+    """Each of ``procs`` healthy; if one fails to start, all are stopped and its error raised."""
+    try:
+        for p in procs:
+            wait_healthy(p)
+    except BaseException:
+        for p in procs:
+            p.stop()
+        raise
+    return procs
+
+
+def start(name: str, argv: list[str], url: str, log_dir: str, env: Optional[dict] = None,
+          health: str = "/health", timeout: float = 180) -> Proc:
+    return wait_healthy(spawn(name, argv, url, log_dir, env), health, timeout)
 
 
 def launch_server(model_path: str, log_dir: str, name: str = "server",
-                  args: Optional[list[str]] = None, env: Optional[dict] = None) -> Proc:
+                  args: Optional[list[str]] = None, env: Optional[dict] = None,
+                  wait: bool = True) -> Proc:  # fmt: skip
+    """A server on a free port, healthy; ``wait=False``: just started (see ``wait_all``)."""
     port = free_port()
     argv = ["-m", "sglang.launch_server", "--model-path", model_path, "--port", str(port),
             "--host", "127.0.0.1", *(args or [])]
-    return start(name, argv, f"http://127.0.0.1:{port}", log_dir, env)
+    proc = spawn(name, argv, f"http://127.0.0.1:{port}", log_dir, env)
+    return wait_healthy(proc) if wait else proc
 
 
 @dataclass
@@ -118,14 +145,14 @@ def launch_pd_cluster(model_path: str, log_dir: str, backend: str = "mooncake",
                       args: Optional[list[str]] = None, env: Optional[dict] = None) -> PDCluster:
     prefills, decodes, ports = [], [], []
     common = ["--disaggregation-transfer-backend", backend, *(args or [])]
-    try:
+    try:  # every server starts at once (a decode meets its prefill only at the first request)
         for i in range(num_prefill):
             bport = free_port()
             ports.append(bport)
             prefills.append(launch_server(
                 model_path, log_dir, f"prefill{i}",
                 ["--disaggregation-mode", "prefill", "--disaggregation-bootstrap-port",
-                 str(bport), *common], env))
+                 str(bport), *common], env, wait=False))
         for i in range(num_decode):
             # A request routed with bootstrap_port null (sglang-router's --prefill URL without a
             # port) goes to the decode's own --disaggregation-bootstrap-port: the first prefill's,
@@ -133,7 +160,8 @@ def launch_pd_cluster(model_path: str, log_dir: str, backend: str = "mooncake",
             decodes.append(launch_server(
                 model_path, log_dir, f"decode{i}",
                 ["--disaggregation-mode", "decode", "--disaggregation-bootstrap-port",
-                 str(ports[0]), *common], env))
+                 str(ports[0]), *common], env, wait=False))
+        wait_all(prefills + decodes)
         lb_port = free_port()
         argv = ["-m", "sglang.srt.disaggregation.mini_lb", "--host", "127.0.0.1",
                 "--port", str(lb_port), "--prefill", *[p.url for p in prefills],

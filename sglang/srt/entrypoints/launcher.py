@@ -1,6 +1,10 @@
 """Start the scheduler processes (one per TP rank of this node) and build the TokenizerManager
 that talks to rank 0. The ranks join one ``torch.distributed`` group at ``--dist-init-addr`` (a
-free loopback port when one node)."""
+free loopback port when one node).
+
+Start-up order (it is most of a server's launch time): the scheduler processes are spawned first,
+and this module does not import torch, so a caller that spawns before its own heavy imports
+(``launch_server``) overlaps them with the children's; the tokenizer loads while they start."""
 
 from __future__ import annotations
 
@@ -10,10 +14,9 @@ import multiprocessing as mp
 import os
 import signal
 import tempfile
-from typing import Optional
+from typing import Any, Callable, Optional
 
 from sglang.srt.managers.io_struct import SchedulerReady
-from sglang.srt.entrypoints.scheduler_process import run_scheduler_process
 from sglang.srt.managers.tokenizer_manager import TokenizerManager
 from sglang.srt.server_args import ServerArgs
 from sglang.srt.utils.network import LOOPBACK, free_port, host_port
@@ -64,15 +67,45 @@ def launch_engine(args: ServerArgs) -> tuple[TokenizerManager, SchedulerHandle]:
     ipc_dir = tempfile.mkdtemp(prefix="sglang-ipc-")
     to_sched = f"ipc://{ipc_dir}/to_scheduler"
     to_tm = f"ipc://{ipc_dir}/to_tokenizer"
-    handle, infos = start_schedulers(args, to_sched, to_tm)
-    tm = TokenizerManager(args, infos[0], recv_addr=to_tm, send_addr=to_sched)
+    handle, wait_ready = spawn_schedulers(args, to_sched, to_tm)
+    try:  # the tokenizer (transformers' import, then the files) loads while the ranks start
+        tokenizer = load_tokenizer(args)
+    except BaseException:
+        handle.shutdown()
+        raise
+    infos = wait_ready()
+    tm = TokenizerManager(args, infos[0], recv_addr=to_tm, send_addr=to_sched,
+                          tokenizer=tokenizer)
     return tm, handle
+
+
+def load_tokenizer(args: ServerArgs) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(args.tokenizer_path)
+
+
+def _scheduler_main(*args: Any) -> None:
+    """The spawned process's target, here so that pickling it does not import torch into the
+    launching process (the scheduler module imports torch at its top)."""
+    from sglang.srt.entrypoints.scheduler_process import run_scheduler_process
+
+    run_scheduler_process(*args)
 
 
 def start_schedulers(args: ServerArgs, to_sched: Optional[str] = None,
                      to_tm: Optional[str] = None) -> tuple[SchedulerHandle, list[dict]]:
     """This node's ranks (``tp_size / nnodes`` from ``node_rank * that``), ready; global rank 0
     gets the ZMQ addresses."""
+    handle, wait_ready = spawn_schedulers(args, to_sched, to_tm)
+    return handle, wait_ready()
+
+
+def spawn_schedulers(args: ServerArgs, to_sched: Optional[str] = None,
+                     to_tm: Optional[str] = None
+                     ) -> tuple[SchedulerHandle, Callable[[], list[dict]]]:
+    """Start this node's ranks; the returned function waits until all are ready (their infos,
+    rank order) or raises on the first start-up error."""
     # OpenMP threads that spin while waiting collapse (20x slower measured here) as soon as
     # another busy process shares the cores, as prefill and decode servers on one host do. The
     # price is a thread wake-up per parallel op (decode up to ~1.5x slower on an idle 2-core VM):
@@ -91,14 +124,14 @@ def start_schedulers(args: ServerArgs, to_sched: Optional[str] = None,
     for rank in range(first, first + per_node):
         reader, writer = ctx.Pipe(duplex=False)
         addrs = (to_sched, to_tm) if rank == 0 else (None, None)
-        procs.append(ctx.Process(target=run_scheduler_process, daemon=True,
+        procs.append(ctx.Process(target=_scheduler_main, daemon=True,
                                  args=(args, *addrs, writer, rank, dist_init)))
         readers.append(reader)
     for proc in procs:
         proc.start()
     handle = SchedulerHandle(procs)
     atexit.register(handle.shutdown)
-    return handle, _wait_ready(procs, readers, handle, first)
+    return handle, lambda: _wait_ready(procs, readers, handle, first)
 
 
 def _wait_ready(procs: list, readers: list, handle: SchedulerHandle, first: int

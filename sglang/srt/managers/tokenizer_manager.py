@@ -45,13 +45,15 @@ class _ReqState:
 
 class TokenizerManager(SchedulerWatch):
     def __init__(self, args: ServerArgs, scheduler_info: dict[str, Any], recv_addr: str,
-                 send_addr: str):
-        from transformers import AutoTokenizer
-
+                 send_addr: str, tokenizer: Any = None):
         self.server_args = args
         self.model_path = args.model_path
         self.served_model_name = args.served_model_name
-        self.tokenizer = AutoTokenizer.from_pretrained(args.tokenizer_path)
+        if tokenizer is None:  # the launcher loads it while the scheduler starts
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(args.tokenizer_path)
+        self.tokenizer = tokenizer
         if args.chat_template:  # the OpenAI chat route renders with the tokenizer's template
             from sglang.srt.chat_templates import load_chat_template
 
