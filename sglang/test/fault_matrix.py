@@ -94,6 +94,8 @@ class Pair:
                                  old.url, self.log_dir, self.env[side])
 
     def stop(self) -> None:
+        for p in self.procs.values():  # both shut down at once
+            p.terminate()
         for p in self.procs.values():
             p.stop()
 

@@ -39,13 +39,18 @@ class Proc:
         except OSError:
             return ""
 
+    def terminate(self) -> None:
+        """SIGTERM to its process group, without waiting (``stop`` waits)."""
+        if self.popen.poll() is None:
+            try:
+                os.killpg(self.popen.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
     def stop(self, timeout: float = 15) -> None:
         if self.popen.poll() is not None:
             return
-        try:
-            os.killpg(self.popen.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            return
+        self.terminate()
         try:
             self.popen.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -136,6 +141,8 @@ class PDCluster:
         return [self.lb, *self.prefills, *self.decodes]
 
     def stop(self) -> None:
+        for p in self.procs():  # all shut down at once
+            p.terminate()
         for p in self.procs():
             p.stop()
 
