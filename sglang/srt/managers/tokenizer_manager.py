@@ -25,6 +25,7 @@ from sglang.srt.managers.io_struct import (
 )
 from sglang.srt.managers.request_logger import RequestLogger
 from sglang.srt.managers.scheduler_watch import SchedulerWatch
+from sglang.srt.metrics.scheduler_stats import SchedulerStats
 from sglang.srt.metrics.server_metrics import create_server_metrics
 from sglang.srt.server_args import ServerArgs
 
@@ -72,6 +73,8 @@ class TokenizerManager(SchedulerWatch):
         self.scheduler_dead: Optional[str] = None
         self._watch_task: Optional[asyncio.Task] = None
         self.metrics = create_server_metrics(args)  # None without --enable-metrics
+        if self.metrics is not None:  # the pool's size is known before the first snapshot comes
+            self.metrics.on_message(SchedulerStats(max_total_num_tokens=self.max_total_num_tokens))
 
     # ---- plumbing ----------------------------------------------------------------------
     def _ensure_loop(self) -> None:
