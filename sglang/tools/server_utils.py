@@ -150,9 +150,11 @@ class PDCluster:
 def launch_pd_cluster(model_path: str, log_dir: str, backend: str = "mooncake",
                       num_prefill: int = 1, num_decode: int = 1,
                       args: Optional[list[str]] = None, env: Optional[dict] = None) -> PDCluster:
-    prefills, decodes, ports = [], [], []
+    prefills, decodes, ports, lb = [], [], [], None
     common = ["--disaggregation-transfer-backend", backend, *(args or [])]
-    try:  # every server starts at once (a decode meets its prefill only at the first request)
+    # Every process starts at once: a decode meets its prefill only at the first request, and
+    # mini_lb's first health check of its servers comes one interval (60 s) after its start.
+    try:
         for i in range(num_prefill):
             bport = free_port()
             ports.append(bport)
@@ -168,15 +170,15 @@ def launch_pd_cluster(model_path: str, log_dir: str, backend: str = "mooncake",
                 model_path, log_dir, f"decode{i}",
                 ["--disaggregation-mode", "decode", "--disaggregation-bootstrap-port",
                  str(ports[0]), *common], env, wait=False))
-        wait_all(prefills + decodes)
         lb_port = free_port()
         argv = ["-m", "sglang.srt.disaggregation.mini_lb", "--host", "127.0.0.1",
                 "--port", str(lb_port), "--prefill", *[p.url for p in prefills],
                 "--decode", *[d.url for d in decodes],
                 "--prefill-bootstrap-ports", *map(str, ports)]
-        lb = start("mini_lb", argv, f"http://127.0.0.1:{lb_port}", log_dir, env)
+        lb = spawn("mini_lb", argv, f"http://127.0.0.1:{lb_port}", log_dir, env)
+        wait_all([*prefills, *decodes, lb])
     except BaseException:
-        for p in prefills + decodes:
+        for p in [*prefills, *decodes, *([lb] if lb else [])]:
             p.stop()
         raise
     return PDCluster(prefills, decodes, lb, ports)
