@@ -1,8 +1,9 @@
 """python -m sglang.launch_server --model-path M [--port P] [--disaggregation-mode MODE]
 [--tp-size N [--nnodes K --node-rank R --dist-init-addr HOST:PORT]]
 
-The HTTP port opens first (/health answers 503 while the model loads and warms up); the engine
-starts in a thread and the routes serve once it is ready. A start-up failure is logged and the
+The scheduler processes are spawned first (their imports overlap with the HTTP side's), then the
+HTTP port opens (/health answers 503 while the model loads and warms up); the engine starts in a
+thread and the routes serve once it is ready. A start-up failure is logged and the
 process exits with code 1.
 """
 
@@ -20,9 +21,6 @@ logger = logging.getLogger("sglang")
 
 
 def launch_server(args: ServerArgs) -> None:
-    import uvicorn
-
-    from sglang.srt.entrypoints.http_server import create_app
     from sglang.srt.entrypoints.launcher import launch_engine
     from sglang.srt.entrypoints.server_state import ServerState
 
@@ -54,7 +52,12 @@ def launch_server(args: ServerArgs) -> None:
             info["max_total_num_tokens"], info["context_length"],
         )
 
+    # The scheduler processes spawn first; the HTTP side's imports overlap with theirs.
     threading.Thread(target=start_engine, name="engine-start", daemon=True).start()
+    import uvicorn
+
+    from sglang.srt.entrypoints.http_server import create_app
+
     try:
         uvicorn.run(
             create_app(state), host=args.host, port=args.port, log_level="warning",

@@ -22,7 +22,7 @@ from typing import Callable, Optional
 import requests
 
 from sglang.test.pd_calls import Call, Outcome, leaked_pages, pd_state, wait_for
-from sglang.test.server_utils import Proc, free_port, start
+from sglang.test.server_utils import Proc, free_port, spawn, start, wait_all
 
 # Short heartbeats and timeouts, so every fault ends within seconds (SGLang's names).
 ENV = {
@@ -78,8 +78,9 @@ class Pair:
                                "--disaggregation-transfer-backend", self.backend,
                                *extra, *ARGS]
             self.env[side] = {**ENV, **env}
-            self.procs[side] = start(f"{self.backend}-{side}", self.argv[side],
+            self.procs[side] = spawn(f"{self.backend}-{side}", self.argv[side],
                                      f"http://127.0.0.1:{port}", self.log_dir, self.env[side])
+        wait_all(list(self.procs.values()))  # both start at once
         return self
 
     def url(self, side: str) -> str:
@@ -93,6 +94,8 @@ class Pair:
                                  old.url, self.log_dir, self.env[side])
 
     def stop(self) -> None:
+        for p in self.procs.values():  # both shut down at once
+            p.terminate()
         for p in self.procs.values():
             p.stop()
 

@@ -11,8 +11,12 @@ from sglang.tools.server_utils import (
     launch_router,
     launch_server,
     pd_front_args,
+    spawn,
     start,
+    wait_all,
+    wait_healthy,
 )
 
 __all__ = ["FRONTS", "PDCluster", "Proc", "free_port", "launch_pd_cluster", "launch_router",
-           "launch_server", "pd_front_args", "start"]
+           "launch_server", "pd_front_args", "spawn", "start", "wait_all",
+           "wait_healthy"]

@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -40,13 +39,18 @@ class Proc:
         except OSError:
             return ""
 
+    def terminate(self) -> None:
+        """SIGTERM to its process group, without waiting (``stop`` waits)."""
+        if self.popen.poll() is None:
+            try:
+                os.killpg(self.popen.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
     def stop(self, timeout: float = 15) -> None:
         if self.popen.poll() is not None:
             return
-        try:
-            os.killpg(self.popen.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            return
+        self.terminate()
         try:
             self.popen.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -62,8 +66,10 @@ class Proc:
         self.popen.wait(10)
 
 
-def start(name: str, argv: list[str], url: str, log_dir: str, env: Optional[dict] = None,
-          health: str = "/health", timeout: float = 180) -> Proc:
+def spawn(name: str, argv: list[str], url: str, log_dir: str,
+          env: Optional[dict] = None) -> Proc:  # fmt: skip
+    """Start ``python ARGV`` in its own process group, its output to ``LOG_DIR/NAME.log``;
+    ``wait_healthy`` then waits for it. Servers spawned together start in parallel."""
     os.makedirs(log_dir, exist_ok=True)
     log_path = os.path.join(log_dir, f"{name}.log")
     log = open(log_path, "w")
@@ -72,28 +78,53 @@ def start(name: str, argv: list[str], url: str, log_dir: str, env: Optional[dict
         [sys.executable, *argv], stdout=log, stderr=subprocess.STDOUT, env=full_env,
         start_new_session=True,
     )
-    proc = Proc(name, popen, url, log_path)
+    return Proc(name, popen, url, log_path)
+
+
+def wait_healthy(proc: Proc, health: str = "/health", timeout: float = 180) -> Proc:
+    """``proc`` once ``GET url+health`` answers 200; stopped, and RuntimeError with its log's
+    tail, if it exits first or ``timeout`` passes."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         if not proc.alive():
-            raise RuntimeError(f"{name} exited during start-up:\n{proc.log_tail()}")
+            raise RuntimeError(f"{proc.name} exited during start-up:\n{proc.log_tail()}")
         try:
-            if requests.get(url + health, timeout=2).status_code == 200:
+            if requests.get(proc.url + health, timeout=2).status_code == 200:
                 return proc
         except requests.RequestException:
             pass
-        time.sleep(0.5)
+        time.sleep(0.1)  # every launch waits for this poll: a coarse one wastes its interval
     proc.stop()
-    raise RuntimeError(f"{name} did not become healthy in {timeout}s:\n{proc.log_tail()}")
+    raise RuntimeError(f"{proc.name} did not become healthy in {timeout}s:\n{proc.log_tail()}")
+
+
+def wait_all(procs: list[Proc]) -> list[Proc]:
+    """Each of ``procs`` healthy; if one fails to start, all are stopped and its error raised."""
+    try:
+        for p in procs:
+            wait_healthy(p)
+    except BaseException:
+        for p in procs:
+            p.stop()
+        raise
+    return procs
+
+
+def start(name: str, argv: list[str], url: str, log_dir: str, env: Optional[dict] = None,
+          health: str = "/health", timeout: float = 180) -> Proc:
+    return wait_healthy(spawn(name, argv, url, log_dir, env), health, timeout)
 
 
 def launch_server(model_path: str, log_dir: str, name: str = "server",
                   args: Optional[list[str]] = None, env: Optional[dict] = None,
-                  host: str = "127.0.0.1") -> Proc:
+                  host: str = "127.0.0.1", wait: bool = True) -> Proc:  # fmt: skip
+    """A server on a free port of ``host``, healthy; ``wait=False``: just started (see
+    ``wait_all``)."""
     port = free_port(host)
     argv = ["-m", "sglang.launch_server", "--model-path", model_path, "--port", str(port),
             "--host", host, *(args or [])]
-    return start(name, argv, f"http://{host}:{port}", log_dir, env)
+    proc = spawn(name, argv, f"http://{host}:{port}", log_dir, env)
+    return wait_healthy(proc) if wait else proc
 
 
 @dataclass
@@ -111,6 +142,8 @@ class PDCluster:
         return [self.lb, *self.prefills, *self.decodes]
 
     def stop(self) -> None:
+        for p in self.procs():  # all shut down at once
+            p.terminate()
         for p in self.procs():
             p.stop()
 
@@ -119,46 +152,38 @@ def launch_pd_cluster(model_path: str, log_dir: str, backend: str = "mooncake",
                       num_prefill: int = 1, num_decode: int = 1,
                       args: Optional[list[str]] = None, env: Optional[dict] = None,
                       prefill_args: Optional[list[str]] = None,
-                      decode_args: Optional[list[str]] = None,
-                      parallel: bool = False) -> PDCluster:
+                      decode_args: Optional[list[str]] = None) -> PDCluster:
     """``prefill_args``/``decode_args``: one side's own flags (e.g. ``--tp-size``) after
-    ``args``; ``parallel``: start the servers at once (each waits only for itself)."""
+    ``args``."""
+    prefills, decodes, ports, lb = [], [], [], None
     common = ["--disaggregation-transfer-backend", backend, *(args or [])]
-    ports = [free_port() for _ in range(num_prefill)]
-    # A request routed with bootstrap_port null (sglang-router's --prefill URL without a port)
-    # goes to the decode's own --disaggregation-bootstrap-port: the first prefill's, as SGLang
-    # users on one node run it.
-    specs = [(f"prefill{i}", ["--disaggregation-mode", "prefill", "--disaggregation-bootstrap-port",
-                              str(ports[i]), *common, *(prefill_args or [])])
-             for i in range(num_prefill)]
-    specs += [(f"decode{i}", ["--disaggregation-mode", "decode", "--disaggregation-bootstrap-port",
-                              str(ports[0]), *common, *(decode_args or [])])
-              for i in range(num_decode)]
-    procs: list[Proc] = []
+    # Every process starts at once: a decode meets its prefill only at the first request, and
+    # mini_lb's first health check of its servers comes one interval (60 s) after its start.
     try:
-        if parallel:
-            with ThreadPoolExecutor(len(specs)) as ex:
-                futs = [ex.submit(launch_server, model_path, log_dir, n, a, env) for n, a in specs]
-                errors = []
-                for f in futs:
-                    try:
-                        procs.append(f.result())
-                    except Exception as e:
-                        errors.append(e)
-                if errors:
-                    raise errors[0]
-        else:
-            for n, a in specs:
-                procs.append(launch_server(model_path, log_dir, n, a, env))
-        prefills, decodes = procs[:num_prefill], procs[num_prefill:]
+        for i in range(num_prefill):
+            bport = free_port()
+            ports.append(bport)
+            prefills.append(launch_server(
+                model_path, log_dir, f"prefill{i}",
+                ["--disaggregation-mode", "prefill", "--disaggregation-bootstrap-port",
+                 str(bport), *common, *(prefill_args or [])], env, wait=False))
+        for i in range(num_decode):
+            # A request routed with bootstrap_port null (sglang-router's --prefill URL without a
+            # port) goes to the decode's own --disaggregation-bootstrap-port: the first prefill's,
+            # as SGLang users on one node run it.
+            decodes.append(launch_server(
+                model_path, log_dir, f"decode{i}",
+                ["--disaggregation-mode", "decode", "--disaggregation-bootstrap-port",
+                 str(ports[0]), *common, *(decode_args or [])], env, wait=False))
         lb_port = free_port()
         argv = ["-m", "sglang.srt.disaggregation.mini_lb", "--host", "127.0.0.1",
                 "--port", str(lb_port), "--prefill", *[p.url for p in prefills],
                 "--decode", *[d.url for d in decodes],
                 "--prefill-bootstrap-ports", *map(str, ports)]
-        lb = start("mini_lb", argv, f"http://127.0.0.1:{lb_port}", log_dir, env)
+        lb = spawn("mini_lb", argv, f"http://127.0.0.1:{lb_port}", log_dir, env)
+        wait_all([*prefills, *decodes, lb])
     except BaseException:
-        for p in procs:
+        for p in [*prefills, *decodes, *([lb] if lb else [])]:
             p.stop()
         raise
     return PDCluster(prefills, decodes, lb, ports)

@@ -140,6 +140,9 @@ def test_unified_server_metrics(metrics_server):
         cached / PROMPT_LENS[-1]), "cache_hit_rate")
     assert delta(after, again, "sglang:cached_tokens_total") == cached
     assert delta(after, again, "sglang:num_requests_total") == 1
+    # ``again`` holds a snapshot of the scheduler's (its hit rate); ``after`` may still have shown
+    # the value the HTTP side starts with, from the scheduler's ready message
+    assert val(again, "sglang:max_total_num_tokens") == 4096
     assert_pool_whole(url)
 
 

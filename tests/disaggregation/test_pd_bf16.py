@@ -9,16 +9,17 @@ from test_pd_e2e import GREEDY, PROMPTS, SERVER_ARGS, gen
 
 from pool_checks import assert_pool_whole
 from sglang.srt.layers import cpu_kernels
-from sglang.test.server_utils import launch_pd_cluster, launch_server
+from sglang.test.server_utils import launch_pd_cluster, launch_server, wait_healthy
 
 ARGS = [*SERVER_ARGS, "--dtype", "bfloat16"]
 
 
 @pytest.fixture(scope="module")
 def servers(tiny_model, log_dir):
-    unified = launch_server(tiny_model, log_dir, "reference-bf16", ARGS)
-    try:
+    unified = launch_server(tiny_model, log_dir, "reference-bf16", ARGS, wait=False)
+    try:  # the reference starts alongside the cluster's servers
         cluster = launch_pd_cluster(tiny_model, f"{log_dir}/bf16", backend="mooncake", args=ARGS)
+        wait_healthy(unified)
     except BaseException:
         unified.stop()
         raise

@@ -19,7 +19,7 @@ import pytest
 import requests
 
 from pool_checks import assert_pool_whole, pool_state
-from sglang.test.server_utils import free_port, launch_server
+from sglang.test.server_utils import free_port, launch_server, wait_all
 
 ARGS = ["--page-size", "4", "--max-total-tokens", "2048", "--chunked-prefill-size", "32"]
 DECODE_ENV = {
@@ -48,19 +48,32 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float = 120) -> Any:
 
 
 def prefill_server(tiny_model, log_dir, name, delay):
+    """A prefill whose KV writes each wait ``delay`` s, just started: (Proc, bootstrap port)."""
     bport = free_port()
     proc = launch_server(tiny_model, log_dir, name,
                          ["--disaggregation-mode", "prefill", "--disaggregation-bootstrap-port",
-                          str(bport), *ARGS], {"SGLANG_TEST_DISAGG_TRANSFER_DELAY": str(delay)})
+                          str(bport), *ARGS], {"SGLANG_TEST_DISAGG_TRANSFER_DELAY": str(delay)},
+                         wait=False)
     return proc, bport
 
 
 @pytest.fixture(scope="module")
-def decode(tiny_model, log_dir):
-    proc = launch_server(tiny_model, log_dir, "held-decode",
-                         ["--disaggregation-mode", "decode", *ARGS], DECODE_ENV)
-    yield proc
-    proc.stop()
+def servers(tiny_model, log_dir):
+    """The module's three servers, started at once: the decode, and a prefill for each test."""
+    procs = {"held": prefill_server(tiny_model, log_dir, "held-prefill", 4),
+             "doomed": prefill_server(tiny_model, log_dir, "doomed-prefill", 60)}
+    procs["decode"] = (launch_server(tiny_model, log_dir, "held-decode",
+                                     ["--disaggregation-mode", "decode", *ARGS], DECODE_ENV,
+                                     wait=False), 0)
+    wait_all([p for p, _ in procs.values()])
+    yield procs
+    for p, _ in procs.values():
+        p.stop()
+
+
+@pytest.fixture(scope="module")
+def decode(servers):
+    return servers["decode"][0]
 
 
 def start_pair(prefill_url: str, decode_url: str, bport: int, rid: str) -> dict[str, Any]:
@@ -96,8 +109,8 @@ def held_pages_seen(decode_url: str) -> int:
     return pd["held_pages"]
 
 
-def test_abort_during_transfer_holds_pages_until_the_prefill_acks(decode, tiny_model, log_dir):
-    prefill, bport = prefill_server(tiny_model, log_dir, "held-prefill", 4)
+def test_abort_during_transfer_holds_pages_until_the_prefill_acks(decode, servers):
+    prefill, bport = servers["held"]
     try:
         before = pd_state(decode.url)
         rid = f"held-{random.getrandbits(32)}"
@@ -130,8 +143,8 @@ def test_abort_during_transfer_holds_pages_until_the_prefill_acks(decode, tiny_m
         prefill.stop()
 
 
-def test_pages_of_a_killed_prefill_come_back_after_the_timeout(decode, tiny_model, log_dir):
-    prefill, bport = prefill_server(tiny_model, log_dir, "doomed-prefill", 60)
+def test_pages_of_a_killed_prefill_come_back_after_the_timeout(decode, servers):
+    prefill, bport = servers["doomed"]
     try:
         before = pd_state(decode.url)
         res = start_pair(prefill.url, decode.url, bport, f"doomed-{random.getrandbits(32)}")

@@ -90,13 +90,12 @@ def test_decode_pointed_at_a_missing_prefill_fails_fast(cluster):
     assert_pool_whole(decode.url)
 
 
-def test_page_size_mismatch_is_refused_at_the_handshake(tiny_model, log_dir):
-    bport = free_port()
-    prefill = launch_server(tiny_model, log_dir, "mm-prefill",
-                            ["--disaggregation-mode", "prefill", "--page-size", "4",
-                             "--disaggregation-bootstrap-port", str(bport)], ENV)
+def test_page_size_mismatch_is_refused_at_the_handshake(cluster, tiny_model, log_dir):
+    """A page-size-1 decode against the module cluster's page-size-4 prefill."""
+    prefill, bport = cluster.prefills[0], cluster.bootstrap_ports[0]
     decode = launch_server(tiny_model, log_dir, "mm-decode",
-                           ["--disaggregation-mode", "decode", "--page-size", "1"], ENV)
+                           ["--disaggregation-mode", "decode", "--page-size", "1",
+                            "--max-total-tokens", "2048"], ENV)
     try:
         r = requests.post(decode.url + "/generate", json={
             "text": "Once upon a time", "sampling_params": GREEDY, "bootstrap_host": "127.0.0.1",
@@ -107,5 +106,4 @@ def test_page_size_mismatch_is_refused_at_the_handshake(tiny_model, log_dir):
         assert_pool_whole(decode.url)
         assert_pool_whole(prefill.url)
     finally:
-        prefill.stop()
         decode.stop()

@@ -18,7 +18,7 @@ import pytest
 import requests
 
 from pool_checks import assert_pool_whole
-from sglang.test.server_utils import free_port, start
+from sglang.test.server_utils import free_port, spawn, start, wait_all
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 PROMPTS = ["Once upon a time", "The river ran past the old mill, and the children", "Hello"]
@@ -69,8 +69,9 @@ def readme_cluster(request, tiny_model, log_dir):
     url = lambda port: f"http://127.0.0.1:{port}"  # noqa: E731
     procs = []
     try:
-        procs.append(start("prefill", prefill_cmd, url(ports["30000"]), logs))
-        procs.append(start("decode", decode_cmd, url(ports["30001"]), logs))
+        procs.append(spawn("prefill", prefill_cmd, url(ports["30000"]), logs))
+        procs.append(spawn("decode", decode_cmd, url(ports["30001"]), logs))
+        wait_all(procs)  # both start at once
         procs.append(start("mini_lb", lb_cmd, url(ports["8000"]), logs))
         yield procs
     finally:

@@ -24,10 +24,9 @@ STORY = ("The river ran past the old mill, and the children who lived in the vil
 
 
 @pytest.fixture(scope="module")
-def server(tiny_model, log_dir):
-    proc = launch_server(tiny_model, log_dir, "sampling")
-    yield proc.url
-    proc.stop()
+def server(unified):
+    """The session's reference server: nothing here depends on its page, chunk or pool size."""
+    return unified
 
 
 @pytest.fixture(scope="module")

@@ -39,8 +39,12 @@ def _one_thread():
 
 
 @pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return create_model("tiny", tmp_path_factory.mktemp("tiny"), seed=0)
+def tiny_dir(tiny_model: str) -> Path:
+    """The session's seed-0 tiny model: ``cached_model`` built it with this same
+    ``create_model("tiny", seed=0)`` (a fresh clone, as CI, builds it with the current code;
+    training it again here cost ~25 s). Every step of a build is exercised below anyway, by
+    test_determinism_and_sharding's short runs."""
+    return Path(tiny_model)
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,11 @@
 and build the TokenizerManager that talks to each replica's rank 0. A replica's ranks join one
 ``torch.distributed`` group at ``--dist-init-addr`` (replica d at its port + d; a free loopback
 port when one node). A PD prefill's replicas share replica 0's bootstrap server: the launcher
-hands them one secret (SGLANG_DISAGGREGATION_BOOTSTRAP_SECRET in their environment only)."""
+hands them one secret (SGLANG_DISAGGREGATION_BOOTSTRAP_SECRET in their environment only).
+
+Start-up order (it is most of a server's launch time): the scheduler processes are spawned first,
+and this module does not import torch, so a caller that spawns before its own heavy imports
+(``launch_server``) overlaps them with the children's; the tokenizer loads while they start."""
 
 from __future__ import annotations
 
@@ -14,11 +18,10 @@ import os
 import secrets
 import signal
 import tempfile
-from typing import Optional
+from typing import Any, Callable, Optional
 
 from sglang.srt.env import envs
 from sglang.srt.managers.io_struct import SchedulerReady
-from sglang.srt.entrypoints.scheduler_process import run_scheduler_process
 from sglang.srt.managers.tokenizer_manager import TokenizerManager
 from sglang.srt.server_args import ServerArgs
 from sglang.srt.utils.network import LOOPBACK, free_port, host_port
@@ -73,11 +76,31 @@ def launch_engine(args: ServerArgs) -> tuple[TokenizerManager, SchedulerHandle]:
     ipc_dir = tempfile.mkdtemp(prefix="sglang-ipc-")
     to_sched = [f"ipc://{ipc_dir}/to_scheduler_{d}" for d in range(args.dp_size)]
     to_tm = f"ipc://{ipc_dir}/to_tokenizer"
-    handle, infos = start_schedulers(args, to_sched, to_tm)
+    handle, wait_ready = spawn_schedulers(args, to_sched, to_tm)
+    try:  # the tokenizer (transformers' import, then the files) loads while the ranks start
+        tokenizer = load_tokenizer(args)
+    except BaseException:
+        handle.shutdown()
+        raise
+    infos = wait_ready()
     leaders = infos[:: len(infos) // args.dp_size]  # each replica's rank 0
     info = dict(leaders[0], max_total_num_tokens=min(i["max_total_num_tokens"] for i in leaders))
-    tm = TokenizerManager(args, info, recv_addr=to_tm, send_addr=to_sched)
+    tm = TokenizerManager(args, info, recv_addr=to_tm, send_addr=to_sched, tokenizer=tokenizer)
     return tm, handle
+
+
+def load_tokenizer(args: ServerArgs) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(args.tokenizer_path)
+
+
+def _scheduler_main(*args: Any) -> None:
+    """The spawned process's target, here so that pickling it does not import torch into the
+    launching process (the scheduler module imports torch at its top)."""
+    from sglang.srt.entrypoints.scheduler_process import run_scheduler_process
+
+    run_scheduler_process(*args)
 
 
 def _replica_env(args: ServerArgs) -> dict[str, str]:
@@ -108,6 +131,15 @@ def start_schedulers(args: ServerArgs, to_sched: Optional[list[str]] = None,
     """This node's ranks (``tp_size / nnodes`` from ``node_rank * that``) of every DP replica,
     ready (infos in replica, then rank order); each replica's global rank 0 gets its ZMQ
     addresses."""
+    handle, wait_ready = spawn_schedulers(args, to_sched, to_tm)
+    return handle, wait_ready()
+
+
+def spawn_schedulers(args: ServerArgs, to_sched: Optional[list[str]] = None,
+                     to_tm: Optional[str] = None
+                     ) -> tuple[SchedulerHandle, Callable[[], list[dict]]]:
+    """Start this node's ranks of every replica; the returned function waits until all are
+    ready (their infos, replica then rank order) or raises on the first start-up error."""
     # OpenMP threads that spin while waiting collapse (20x slower measured here) as soon as
     # another busy process shares the cores, as prefill and decode servers on one host do. The
     # price is a thread wake-up per parallel op (decode up to ~1.5x slower on an idle 2-core VM):
@@ -125,7 +157,7 @@ def start_schedulers(args: ServerArgs, to_sched: Optional[list[str]] = None,
         for rank in range(first, first + per_node):
             reader, writer = ctx.Pipe(duplex=False)
             addrs = (to_sched[dp_rank], to_tm) if rank == 0 and to_sched else (None, None)
-            procs.append(ctx.Process(target=run_scheduler_process, daemon=True,
+            procs.append(ctx.Process(target=_scheduler_main, daemon=True,
                                      args=(rargs, *addrs, writer, rank, dist_init, dp_rank)))
             readers.append(reader)
             names.append(_rank_name(args, dp_rank, rank))
@@ -134,7 +166,7 @@ def start_schedulers(args: ServerArgs, to_sched: Optional[list[str]] = None,
     _start_all(procs, _replica_env(args))
     handle = SchedulerHandle(procs, leaders)
     atexit.register(handle.shutdown)
-    return handle, _wait_ready(procs, readers, handle, names)
+    return handle, lambda: _wait_ready(procs, readers, handle, names)
 
 
 def _dist_init(args: ServerArgs, dp_rank: int) -> Optional[str]:

@@ -26,6 +26,7 @@ from sglang.srt.managers.io_struct import (
 )
 from sglang.srt.managers.request_logger import RequestLogger
 from sglang.srt.managers.scheduler_watch import SchedulerWatch
+from sglang.srt.metrics.scheduler_stats import SchedulerStats
 from sglang.srt.metrics.server_metrics import create_server_metrics
 from sglang.srt.server_args import ServerArgs
 
@@ -46,14 +47,17 @@ class _ReqState:
 
 class TokenizerManager(SchedulerWatch):
     def __init__(self, args: ServerArgs, scheduler_info: dict[str, Any], recv_addr: str,
-                 send_addr: "str | list[str]"):
-        """``send_addr``: the scheduler's address, or one per DP replica (``--dp-size``)."""
-        from transformers import AutoTokenizer
-
+                 send_addr: "str | list[str]", tokenizer: Any = None):
+        """``send_addr``: the scheduler's address, or one per DP replica (``--dp-size``);
+        ``tokenizer``: already loaded (the launcher loads it while the schedulers start)."""
         self.server_args = args
         self.model_path = args.model_path
         self.served_model_name = args.served_model_name
-        self.tokenizer = AutoTokenizer.from_pretrained(args.tokenizer_path)
+        if tokenizer is None:  # the launcher loads it while the scheduler starts
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(args.tokenizer_path)
+        self.tokenizer = tokenizer
         if args.chat_template:  # the OpenAI chat route renders with the tokenizer's template
             from sglang.srt.chat_templates import load_chat_template
 
@@ -74,6 +78,8 @@ class TokenizerManager(SchedulerWatch):
         self.scheduler_dead: Optional[str] = None
         self._watch_task: Optional[asyncio.Task] = None
         self.metrics = create_server_metrics(args)  # None without --enable-metrics
+        if self.metrics is not None:  # the pool's size is known before the first snapshot comes
+            self.metrics.on_message(SchedulerStats(max_total_num_tokens=self.max_total_num_tokens))
 
     # ---- plumbing ----------------------------------------------------------------------
     def _ensure_loop(self) -> None:
