@@ -1,5 +1,5 @@
 """Read a server's KV-pool state from /get_server_info and assert no page is lost (on every DP
-replica of a ``--dp-size`` server)."""
+replica of a ``--dp-size`` server, and every TP rank of a ``--tp-size`` one)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,10 @@ def pool_state(url: str) -> dict:
 
 
 def idle_and_whole(state: dict) -> bool:
+    """Idle, every page free or cached, every metadata slot free; also on each other TP rank
+    (``tp_ranks``: a ``--tp-size`` server's ranks 1.., gathered by rank 0)."""
+    if not all(map(idle_and_whole, state.get("tp_ranks", []))):
+        return False
     pool = state["kv_pool"]
     pd = state.get("disaggregation", {})
     queues = sum(v for k, v in pd.items() if k.endswith("_queue"))

@@ -63,8 +63,11 @@ def test_tp2_answers_equal_tp1(tp2, unified):
     assert again == want
     info = requests.get(tp2.url + "/get_server_info", timeout=10).json()
     assert info["tp_size"] == 2
-    state = assert_pool_whole(tp2.url)
+    state = assert_pool_whole(tp2.url)  # on rank 1 too (``tp_ranks``)
     assert state["kv_pool"]["cached_pages"] > 0  # the prefixes were cached (and hit above)
+    # rank 1 schedules what rank 0 does: its pool holds the same pages
+    assert [r["tp_rank"] for r in state["tp_ranks"]] == [1]
+    assert state["tp_ranks"][0]["kv_pool"] == state["kv_pool"]
 
 
 def test_killed_rank_makes_the_server_answer_503(tp2):

@@ -139,6 +139,15 @@ def tp_min_ints(values: list[int]) -> list[int]:
     return [int(v) for v in t.tolist()]
 
 
+def gather_objects(obj: Any) -> list:
+    """Every rank's picklable ``obj``, in rank order, on every rank (tp=1: ``[obj]``)."""
+    if _TP is None:
+        return [obj]
+    out: list = [None] * _TP.size
+    dist.all_gather_object(out, obj, group=_TP.cpu_group)
+    return out
+
+
 def broadcast_objects(objs: Optional[list], src: int = 0) -> list:
     """Rank ``src``'s list of picklable objects, on every rank (others pass None)."""
     if _TP is None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from sglang.srt.distributed import gather_objects
 from sglang.srt.managers.io_struct import RpcOut, RpcReq
 
 if TYPE_CHECKING:
@@ -51,6 +52,9 @@ class SchedulerReportsMixin:
         }
         if self.pd:
             d["disaggregation"] = self.disagg.info()
+        if self.args.tp_size > 1:  # every rank runs this RPC (rank 0 broadcast it): gather
+            ranks = gather_objects({k: v for k, v in d.items() if k != "dp_rank"})
+            d["tp_ranks"] = [dict(r, tp_rank=i) for i, r in enumerate(ranks) if i > 0]
         return d
 
     def gauges(self: "Scheduler") -> dict[str, int]:
