@@ -1,6 +1,7 @@
 """The kill -9 fault matrix of a PD pair, as a table for the closing note.
 
-    python benchmarks/fault_matrix.py [--backend mooncake|nixl|both] [--together] [--model-path DIR]
+    python benchmarks/fault_matrix.py [--backend mooncake|nixl|both] [--together] [--quick]
+        [--model-path DIR]
 
 For each backend, one prefill and one decode (real processes, short heartbeats and timeouts, see
 sglang/test/fault_matrix.py); for each side and stage (bootstrapping, pages pre-allocated on the
@@ -35,7 +36,11 @@ def main() -> int:
     ap.add_argument("--together", action="store_true",
                     help="hold all four stages at once and kill each side once (as the test "
                          "does); default: one kill and restart per cell")
+    ap.add_argument("--quick", action="store_true",
+                    help="smoke run (about a minute): Mooncake only, --together")
     args = ap.parse_args()
+    if args.quick:
+        args.backend, args.together = "mooncake", True
     model = args.model_path
     if model is None:
         from sglang.tools.create_model import cached_model

@@ -65,7 +65,8 @@ def test_refused_flags():
 
 
 @pytest.mark.parametrize("kw,needle", [
-    ({"tp_size": 2, "disaggregation_mode": "decode"}, "for unified servers only"),
+    ({"dp_size": 2, "tp_size": 2, "nnodes": 2, "dist_init_addr": "h:1"},
+     "data parallelism runs on one node here"),
     ({"tp_size": 3, "nnodes": 2, "dist_init_addr": "h:1"}, "multiple of --nnodes 2"),
     ({"tp_size": 2, "nnodes": 2}, "needs --dist-init-addr HOST:PORT"),
     ({"tp_size": 2, "nnodes": 2, "node_rank": 2, "dist_init_addr": "h:1"}, "--node-rank must"),
@@ -78,6 +79,8 @@ def test_tp_and_node_flags_are_checked(kw, needle):
         ServerArgs(model_path="m", **kw)
     assert ServerArgs(model_path="m", tp_size=2, nnodes=2, node_rank=1,
                       dist_init_addr="127.0.0.2:5000").tp_size == 2
+    # PD servers take --tp-size too (refused until PD across TP ranks existed)
+    assert ServerArgs(model_path="m", tp_size=2, disaggregation_mode="decode").tp_size == 2
 
 
 def test_mooncake_tcp_forces_tcp_even_with_an_rdma_device():
