@@ -62,9 +62,8 @@ class DecodeSide:
         self.mgr = mgr
         self.rooms: RoomTable[ReceiverRoom] = RoomTable()
         self.lock = self.rooms.lock
-        # (bootstrap addr, dp_rank) -> registration; addr -> that prefill's dp_size
+        # (bootstrap addr, dp_rank) -> registration (replica 0's says the prefill's dp_size)
         self.prefills: dict[tuple[str, int], dict[str, Any]] = {}
-        self.dp_sizes: dict[str, int] = {}
         self.addr_rooms: dict[str, set[int]] = defaultdict(set)
         self._addr_locks: dict[tuple[str, int], threading.Lock] = defaultdict(threading.Lock)
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="kv-handshake")
@@ -82,8 +81,9 @@ class DecodeSide:
                 return False
             self.rooms.add(st)
             self.addr_rooms[bootstrap_addr].add(room)
-            dp_size = self.dp_sizes.get(bootstrap_addr)
-            info = self.prefills.get((bootstrap_addr, room % dp_size)) if dp_size else None
+            first = self.prefills.get((bootstrap_addr, 0))
+            info = (self.prefills.get((bootstrap_addr, room % first.get("dp_size", 1)))
+                    if first is not None else None)
             if info is not None:
                 st.prefill_endpoint, st.sources = info["endpoint"], dict(info["sources"])
                 st.staged = dict(info["staged"])
@@ -143,8 +143,6 @@ class DecodeSide:
             info["sources"], info["staged"] = sources, staged
             with self.lock:
                 self.prefills[key] = info
-                if dp_rank == 0:
-                    self.dp_sizes[addr] = info.get("dp_size", 1)
             logger.info(
                 "Connected to prefill %s%s (managers %s, %s)", addr,
                 f" DP rank {dp_rank}" if dp_rank else "", sources, info.get("transfer"),
@@ -313,7 +311,6 @@ class DecodeSide:
         the connection so that the next request handshakes afresh."""
         with self.lock:
             infos = [self.prefills.pop(k) for k in list(self.prefills) if k[0] == addr]
-            self.dp_sizes.pop(addr, None)
             rooms = list(self.addr_rooms.get(addr, ()))
         if not infos:
             return
