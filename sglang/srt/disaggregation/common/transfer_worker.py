@@ -124,12 +124,11 @@ class TransferWorkers:
         piece's staging buffer is lent only while its write runs)."""
         mgr, args = self.mgr, self.mgr.args
         local = mgr.tp_info()["num_local_kv_heads"]
-        if dest.staged:  # whole pages into the decode's staging (tp_staging.py: scatter)
+        if (dest.staged  # whole pages into the decode's staging (tp_staging.py: scatter)
+                or peer.num_heads == -1 or same_layout(local, peer.dst_num_heads, peer.num_heads)):
             runs = group_concurrent_contiguous(*sort_pairs(job.src_pages, dest.dst_pages))
-            yield kv_blocks(runs, args.kv_data_ptrs, peer.stage_ptrs, args.kv_item_len)
-        elif peer.num_heads == -1 or same_layout(local, peer.dst_num_heads, peer.num_heads):
-            runs = group_concurrent_contiguous(*sort_pairs(job.src_pages, dest.dst_pages))
-            yield kv_blocks(runs, args.kv_data_ptrs, peer.kv_ptrs, args.kv_item_len)
+            dst_ptrs = peer.stage_ptrs if dest.staged else peer.kv_ptrs
+            yield kv_blocks(runs, args.kv_data_ptrs, dst_ptrs, args.kv_item_len)
         elif (peer.num_heads == peer.dst_num_heads and mgr.gather_bufs is not None
               and mgr.pool_view is not None):  # the decode's whole pages: gather, then pages
             step = max(1, mgr.gather_bufs.buffers[0].row // peer.kv_item_len)
