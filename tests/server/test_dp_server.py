@@ -7,15 +7,13 @@ replica choice (unit)."""
 
 from __future__ import annotations
 
-import os
 import re
-import signal
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
 from pool_checks import assert_pool_whole, pool_states
+from rank_checks import kill_and_await_503
 
 from sglang.srt.managers.data_parallel_controller import pick_replica
 from sglang.srt.server_args import ServerArgs
@@ -80,14 +78,7 @@ def test_dp2_answers_equal_dp1_and_spreads_requests(dp2, unified):
 def test_killed_replica_makes_the_server_answer_503(dp2):
     pids = dict(re.findall(r"DP rank (\d) of 2, TP rank 0: pid (\d+)", dp2.log_tail(400)))
     assert set(pids) == {"0", "1"}, dp2.log_tail(40)
-    os.kill(int(pids["1"]), signal.SIGKILL)
-    deadline, r = time.time() + 30, None  # expected within ~1 s
-    while time.time() < deadline:
-        r = requests.post(dp2.url + "/generate", timeout=30, json={
-            "text": "hi", "sampling_params": {"max_new_tokens": 4}})
-        if r.status_code == 503:
-            break
-        time.sleep(0.5)
+    r = kill_and_await_503(dp2.url, int(pids["1"]))  # expected within ~1 s
     assert r.status_code == 503, r.text
     assert "scheduler process of DP rank 1 exited" in r.text
     assert requests.get(dp2.url + "/health", timeout=30).status_code == 503

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -17,6 +16,7 @@ import psutil
 import pytest
 import requests
 from pool_checks import assert_pool_whole
+from rank_checks import kill_and_await_503
 
 from sglang.srt.utils.network import free_port
 from sglang.test.server_utils import launch_server, start
@@ -73,16 +73,8 @@ def test_tp2_answers_equal_tp1(tp2, unified):
 def test_killed_rank_makes_the_server_answer_503(tp2):
     pids = dict(re.findall(r"TP rank (\d) of 2 joined .*pid (\d+)", tp2.log_tail(400)))
     assert set(pids) == {"0", "1"}, tp2.log_tail(40)
-    os.kill(int(pids["1"]), signal.SIGKILL)
-    deadline, status = time.time() + 30, None  # expected within ~2 s
-    while time.time() < deadline:
-        r = requests.post(tp2.url + "/generate", timeout=30, json={
-            "text": "hi", "sampling_params": {"max_new_tokens": 4}})
-        status = r.status_code
-        if status == 503:
-            break
-        time.sleep(0.5)
-    assert status == 503
+    r = kill_and_await_503(tp2.url, int(pids["1"]))  # expected within ~2 s
+    assert r.status_code == 503, r.text
     assert "scheduler process exited" in r.text
     assert tp2.alive()  # the HTTP process keeps answering
     with pytest.raises(ProcessLookupError):
