@@ -22,10 +22,10 @@ logger = logging.getLogger(__name__)
 # SGLang's default --disaggregation-bootstrap-port (prefill servers, mini_lb, the KV receivers).
 DEFAULT_BOOTSTRAP_PORT = 8998
 LOOPBACK = "127.0.0.1"
-# Bind addresses meaning "this machine" that a peer cannot dial as they are.
-_THIS_MACHINE = ("", "0.0.0.0", "::", "[::]", "localhost")
 # Bind addresses meaning "every interface".
 WILDCARDS = ("", "0.0.0.0", "::", "[::]")
+# Bind addresses meaning "this machine" that a peer cannot dial as they are.
+_THIS_MACHINE = (*WILDCARDS, "localhost")
 # Where a UDP socket "connects" to learn which local address the default route leaves from
 # (SGLang's choice; connecting a UDP socket sends nothing).
 _PROBES = ((socket.AF_INET, "8.8.8.8"), (socket.AF_INET6, "2001:4860:4860::8888"))
