@@ -174,3 +174,38 @@ def test_slices_cover_every_head_once_and_blocks_copy_them(p_tp: int, d_tp: int,
     assert sum(served.values()) >= d_tp
     if p_tp == d_tp and kv >= p_tp:  # same TP: rank d gets all its heads from rank d
         assert plan_sources(nh, kv, p_tp, d_tp, 1)[0] == [Slice(1, 0, 0, kv // p_tp, True)]
+
+
+@pytest.mark.parametrize("buffers,stop_after", [(2, None), (1, None), (2, 1)])
+def test_gather_pieces_hold_the_slices_and_give_every_buffer_back(buffers: int,
+                                                                 stop_after) -> None:
+    """Pure logic (no engine): pieces() yields the decode's heads of every page once, in order,
+    each piece's buffer holding exactly its pages while the next piece is gathered into a
+    second buffer (one buffer: gathered in turn); every buffer is free again afterwards, also
+    when the writer stops early (a failed write)."""
+    from sglang.srt.disaggregation.common.tp_staging import GatherBuffers, region_view
+
+    regions, pages, local, head_bytes = 3, 12, 4, 16
+    item = PAGE * local * head_bytes
+    pool = np.random.default_rng(1).integers(0, 256, (regions, pages * item), dtype=np.uint8)
+    view = region_view([int(pool[r].ctypes.data) for r in range(regions)], item, pages)
+    bufs = GatherBuffers(buffers * regions * 4 * item, buffers, regions)
+    src, dst = np.array([7, 1, 2, 3, 9, 11, 0]), np.arange(20, 27)
+    heads = pool.reshape(regions, pages, PAGE, local, head_bytes)[:, :, :, 1:3]
+    got, seen = [], []
+    gen = bufs.pieces(view, src, dst, PAGE, local, 1, 2, item // 2)
+    for k, (buf, page_bytes, piece_dst) in enumerate(gen):
+        assert page_bytes == item // 2
+        n = len(piece_dst)
+        got.append(buf.rows(n * page_bytes).reshape(regions, n, PAGE, 2, head_bytes).copy())
+        seen.extend(piece_dst.tolist())
+        if stop_after is not None and k + 1 == stop_after:
+            gen.close()
+            break
+    assert len(got) > 1 or stop_after == 1
+    n = len(seen)
+    assert seen == dst[:n].tolist()
+    assert (np.concatenate(got, axis=1) == heads[:, src[:n]]).all()
+    free = [bufs.take(block=False) for _ in range(buffers + 1)]
+    assert sum(b is not None for b in free) == buffers, "a buffer was not given back"
+    bufs.close()

@@ -247,4 +247,6 @@ class CommonKVManager(BaseKVManager):
         self.control.close()
         if self.bootstrap_server is not None:
             self.bootstrap_server.close()
+        if self.gather_bufs is not None:
+            self.gather_bufs.close()
         self._shutdown_engine()

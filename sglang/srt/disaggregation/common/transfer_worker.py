@@ -26,7 +26,6 @@ from sglang.srt.disaggregation.common import faults
 from sglang.srt.disaggregation.common.messages import StatusMsg
 from sglang.srt.disaggregation.common.room_table import PeerInfo
 from sglang.srt.disaggregation.common.tp_layout import head_slice_blocks, same_layout
-from sglang.srt.disaggregation.common.tp_staging import gather
 from sglang.srt.disaggregation.common.utils import (
     Blocks,
     aux_blocks,
@@ -131,17 +130,11 @@ class TransferWorkers:
             yield kv_blocks(runs, args.kv_data_ptrs, dst_ptrs, args.kv_item_len)
         elif (peer.num_heads == peer.dst_num_heads and mgr.gather_bufs is not None
               and mgr.pool_view is not None):  # the decode's whole pages: gather, then pages
-            step = max(1, mgr.gather_bufs.buffers[0].row // peer.kv_item_len)
-            for i in range(0, len(job.src_pages), step):
-                src, dst = job.src_pages[i : i + step], dest.dst_pages[i : i + step]
-                buf = mgr.gather_bufs.take()
-                try:
-                    item = gather(mgr.pool_view, src, args.page_size, local, peer.src_head,
-                                  peer.num_heads, buf)
-                    runs = group_concurrent_contiguous(np.arange(len(src)), dst)
-                    yield kv_blocks(runs, buf.ptrs(), peer.kv_ptrs, item)
-                finally:
-                    mgr.gather_bufs.give(buf)
+            for buf, item, dst in mgr.gather_bufs.pieces(
+                    mgr.pool_view, job.src_pages, dest.dst_pages, args.page_size, local,
+                    peer.src_head, peer.num_heads, peer.kv_item_len):
+                runs = group_concurrent_contiguous(np.arange(len(dst)), dst)
+                yield kv_blocks(runs, buf.ptrs(), peer.kv_ptrs, item)
         else:  # one block per token
             yield head_slice_blocks(job.src_pages, dest.dst_pages, args.kv_data_ptrs,
                                     peer.kv_ptrs, args.kv_item_len, peer.kv_item_len,
