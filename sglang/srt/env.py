@@ -119,6 +119,13 @@ class _Env:
         write (a slow NIC)."""
         return max(0.0, _float("SGLANG_TEST_DISAGG_WRITE_DELAY_MS", 0.0))
 
+    @property
+    def test_corrupt_metadata(self) -> tuple[str, int]:
+        """Test only: ``RID_PREFIX:TP_RANK``: on that decode TP rank, the metadata row of a
+        request whose rid starts with RID_PREFIX reads as another room's (a corrupted row)."""
+        prefix, _, rank = os.environ.get("SGLANG_TEST_DISAGG_CORRUPT_METADATA", "").rpartition(":")
+        return (prefix, int(rank)) if prefix and rank.isdigit() else ("", -1)
+
     # HTTP server health (names and defaults as in SGLang)
     @property
     def health_check_timeout(self) -> float:

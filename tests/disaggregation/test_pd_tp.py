@@ -34,6 +34,7 @@ SERVERS = [(b, mode, 2) for b in ("mooncake", "nixl") for mode in ("prefill", "d
 # (backend, prefill tp, decode tp)
 PAIRS = [(b, p, d) for b in ("mooncake", "nixl") for p, d in ((2, 2), (2, 1), (1, 2))]
 ROUTED = ("nixl", 2, 1)  # also behind sglang-router
+CORRUPT = "corrupt-row-"  # rids whose metadata row rank 1 of the Mooncake tp2 decode misreads
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +52,9 @@ def tp_servers(tiny_model, log_dir, pd_clusters):
         port = ports[backend, 2]
         return launch_server(tiny_model, f"{log_dir}/pd-tp", f"{backend}-{mode}-tp{tp}", [
             *ARGS, "--disaggregation-mode", mode, "--disaggregation-transfer-backend", backend,
-            "--disaggregation-bootstrap-port", str(port), "--tp-size", str(tp)])
+            "--disaggregation-bootstrap-port", str(port), "--tp-size", str(tp)],
+            env={"SGLANG_TEST_DISAGG_CORRUPT_METADATA": f"{CORRUPT}:1"}
+            if (backend, mode) == ("mooncake", "decode") else None)
 
     procs = []
     try:
@@ -122,6 +125,21 @@ def test_tp_pair_behind_sglang_router(tp_servers, unified):
     for text, ids in zip(PROMPTS, want):  # the router takes one prompt per request
         assert _gen(lbs["router", *ROUTED], text)["output_ids"] == ids
     _pools_whole(servers, *ROUTED)
+
+
+def test_corrupt_metadata_row_on_one_decode_rank_fails_the_request_on_all(tp_servers, unified):
+    """Rank 1 of the tp2 decode reads a request's metadata row as another room's: the request
+    ends with the corruption error on every rank (rank 0's row was fine; had it decoded alone,
+    the ranks' next batches would differ and the server hang), the next request is served as
+    the unified server serves it, and every pool is whole."""
+    servers, lbs, _ = tp_servers
+    pair = ("mooncake", 1, 2)
+    r = requests.post(lbs[pair] + "/generate", timeout=120, json={
+        "text": PROMPTS[0], "sampling_params": GREEDY, "rid": CORRUPT + "1"})
+    assert r.status_code >= 400 and "Metadata corruption detected" in r.text, r.text
+    want = _gen(unified, PROMPTS[1])["output_ids"]
+    assert _gen(lbs[pair], PROMPTS[1])["output_ids"] == want
+    _pools_whole(servers, *pair)
 
 
 def test_handshake_refusal_names_both_tp_sizes(tp_servers):

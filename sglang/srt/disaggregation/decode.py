@@ -32,7 +32,7 @@ from sglang.srt.disaggregation.queues_common import (
     agree,
     local_fail,
 )
-from sglang.srt.distributed import get_tp_size
+from sglang.srt.distributed import get_tp_rank, get_tp_size
 from sglang.srt.env import envs
 from sglang.srt.managers.disagg_protocol import Admissions, Decoded, Load, PDContext
 
@@ -126,6 +126,7 @@ class DecodeQueues(DisaggQueuesBase):
 
     def _pop_transferred(self, adm: Admissions) -> None:
         states = agree([int(r.disagg.poll()) for r in self.transfer])
+        arrived = []
         for req, state in zip(list(self.transfer), states):
             if state == KVPoll.Failed:
                 self.transfer.remove(req)
@@ -133,21 +134,31 @@ class DecodeQueues(DisaggQueuesBase):
                 self.fail(req, "Decode transfer failed")
                 self._hold(req)
                 adm.ended.append(req)
-                continue
-            if state != KVPoll.Success:
-                continue
-            row = self.metadata.get_buf(req.metadata_index)
-            self.transfer.remove(req)
-            # a backend that moves no data (fake) writes no room either
-            if (req.disagg.moves_data
-                    and row["room"] != (req.bootstrap_room or 0) % (1 << 64)):
+            elif state == KVPoll.Success:
+                self.transfer.remove(req)
+                arrived.append((req, self._row(req)))
+        # each rank reads its own metadata row: the ranks act on it only if every rank's
+        # row names the request's room (1), so that no rank decodes what another dropped
+        intact = agree([int(not req.disagg.moves_data  # (fake backend: nothing written)
+                            or row["room"] == (req.bootstrap_room or 0) % (1 << 64))
+                        for req, row in arrived])
+        for (req, row), ok in zip(arrived, intact):
+            if not ok:
                 req.abort(f"Metadata corruption detected - bootstrap_room mismatch "
-                          f"(expected {req.bootstrap_room}, got {row['room']})")
+                          f"(expected {req.bootstrap_room}, got {row['room']} on this rank or "
+                          f"another TP rank)")
                 adm.ended.append(req)
                 continue
             self.release(req)
             adm.decoded.append(Decoded(req, row["first_token"], row["cached_tokens"],
                                        row["logprob"], row["top_logprobs"]))
+
+    def _row(self, req: "Req") -> dict[str, Any]:
+        row = self.metadata.get_buf(req.metadata_index)
+        prefix, rank = envs.test_corrupt_metadata
+        if prefix and rank == get_tp_rank() and req.rid.startswith(prefix):
+            row = {**row, "room": row["room"] ^ 1}  # test only: a corrupted row
+        return row
 
     def after_prefill(self, batch: "ScheduledBatch") -> list["Req"]:
         return []  # a decode server runs no prompt passes for PD requests
