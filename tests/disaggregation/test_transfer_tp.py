@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+import torch
 from transfer_procs import Proc
 
 from sglang.srt.disaggregation.base.conn import KVPoll
@@ -31,12 +32,14 @@ READY = [int(KVPoll.WaitingForInput), int(KVPoll.Failed)]
 
 
 def _start(backend: str, mode: str, port: int, size: int, layout=LAYOUT,
-           secret: str = "") -> list[Proc]:
+           secret: str = "", device: str = "cpu", staging: bool | None = None) -> list[Proc]:
     """All ranks of one side, set up in parallel (prefill rank 0 first: it owns the secret).
-    NIXL runs without staging buffers: one block per token (the path of KV in VRAM)."""
+    On the CPU NIXL runs without staging buffers: one block per token (what a full staging
+    takes)."""
     procs = [Proc(f"{mode}{r}-{backend}") for r in range(size)]
-    kw = dict(page_size=PAGE, num_pages=NUM_PAGES, layout=layout,
-              env={"SGLANG_DISAGGREGATION_TP_STAGING_MB": "0" if backend == "nixl" else "256"})
+    staging = backend != "nixl" if staging is None else staging
+    kw = dict(page_size=PAGE, num_pages=NUM_PAGES, layout=layout, device=device,
+              env={"SGLANG_DISAGGREGATION_TP_STAGING_MB": "256" if staging else "0"})
     tp = {"size": size, "num_heads": NUM_HEADS}
     if mode == "prefill":
         procs[0].call("setup", backend, mode, port, timeout=60, tp={**tp, "rank": 0}, **kw)
@@ -139,6 +142,26 @@ def test_different_tp_head_slices_byte_for_byte(backend: str) -> None:
         # registrations
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("backend", ["mooncake", "nixl"])
+def test_different_tp_in_vram_byte_for_byte(backend: str) -> None:
+    """KV pools and staging in VRAM (one GPU holds every rank): P tp2 -> D tp1 (scatter on the
+    decode) and P tp1 -> D tp2 (gather on the prefill), byte for byte, as on the CPU."""
+    with contextlib.ExitStack() as stack:
+        def side(mode: str, port: int, size: int) -> list[Proc]:
+            procs = _start(backend, mode, port, size, device="cuda", staging=True)
+            for p in procs:
+                stack.callback(p.close)
+            return procs
+
+        wide, narrow = free_port(), free_port()
+        p2, d1 = side("prefill", wide, 2), side("decode", wide, 1)
+        _transfer(p2, d1, f"127.0.0.1:{wide}", True)
+        p1, d2 = side("prefill", narrow, 1), side("decode", narrow, 2)
+        _transfer(p1, d2, f"127.0.0.1:{narrow}", True)
+
+
 @pytest.mark.parametrize("p_tp,d_tp,kv", [(2, 1, 4), (1, 2, 4), (4, 2, 4), (4, 2, 2), (4, 1, 2),
                                           (1, 4, 2), (2, 4, 2), (2, 2, 4), (4, 4, 2)])
 def test_slices_cover_every_head_once_and_blocks_copy_them(p_tp: int, d_tp: int, kv: int) -> None:
@@ -183,21 +206,22 @@ def test_gather_pieces_hold_the_slices_and_give_every_buffer_back(buffers: int,
     each piece's buffer holding exactly its pages while the next piece is gathered into a
     second buffer (one buffer: gathered in turn); every buffer is free again afterwards, also
     when the writer stops early (a failed write)."""
-    from sglang.srt.disaggregation.common.tp_staging import GatherBuffers, region_view
+    from sglang.srt.disaggregation.common.tp_staging import GatherBuffers, pool_heads
 
-    regions, pages, local, head_bytes = 3, 12, 4, 16
-    item = PAGE * local * head_bytes
-    pool = np.random.default_rng(1).integers(0, 256, (regions, pages * item), dtype=np.uint8)
-    view = region_view([int(pool[r].ctypes.data) for r in range(regions)], item, pages)
-    bufs = GatherBuffers(buffers * regions * 4 * item, buffers, regions)
+    regions, pages, local, head_dim = 3, 12, 4, 8  # bf16: 16 bytes a head, 2 words
+    pool = torch.randn(regions, pages, PAGE, local, head_dim).to(torch.bfloat16)
+    heads = pool_heads(pool, regions, pages, PAGE, local)
+    assert heads.shape == (regions, pages, PAGE, local, 2) and heads.dtype == torch.int64
+    item = PAGE * 2 * head_dim * 2  # one decode page: 2 heads of 16 bytes a token
+    bufs = GatherBuffers(buffers * regions * 4 * item, buffers, regions, pool.device)
     src, dst = np.array([7, 1, 2, 3, 9, 11, 0]), np.arange(20, 27)
-    heads = pool.reshape(regions, pages, PAGE, local, head_bytes)[:, :, :, 1:3]
     got, seen = [], []
-    gen = bufs.pieces(view, src, dst, PAGE, local, 1, 2, item // 2)
+    gen = bufs.pieces(heads, src, dst, 1, 2)
     for k, (buf, page_bytes, piece_dst) in enumerate(gen):
-        assert page_bytes == item // 2
+        assert page_bytes == item
         n = len(piece_dst)
-        got.append(buf.rows(n * page_bytes).reshape(regions, n, PAGE, 2, head_bytes).copy())
+        raw = buf.rows(n * item, pool).reshape(regions, n, PAGE, 2, head_dim)
+        got.append(raw.clone())
         seen.extend(piece_dst.tolist())
         if stop_after is not None and k + 1 == stop_after:
             gen.close()
@@ -205,7 +229,36 @@ def test_gather_pieces_hold_the_slices_and_give_every_buffer_back(buffers: int,
     assert len(got) > 1 or stop_after == 1
     n = len(seen)
     assert seen == dst[:n].tolist()
-    assert (np.concatenate(got, axis=1) == heads[:, src[:n]]).all()
+    assert torch.equal(torch.cat(got, dim=1), pool[:, src[:n], :, 1:3])
     free = [bufs.take(block=False) for _ in range(buffers + 1)]
     assert sum(b is not None for b in free) == buffers, "a buffer was not given back"
     bufs.close()
+
+
+def test_scatter_puts_staged_pages_into_the_heads_and_frees_the_range() -> None:
+    """Pure logic (no engine): two sources' whole pages staged, then scattered into heads
+    [0, 2) and [2, 4) of the decode pool's named pages; nothing else written; freed ranges
+    are taken again."""
+    from sglang.srt.disaggregation.common.tp_staging import ScatterStaging, pool_heads
+
+    regions, pages, local, head_dim = 2, 10, 4, 4  # fp32: 16 bytes a head
+    pool = torch.zeros(regions, pages, PAGE, local, head_dim)
+    heads = pool_heads(pool, regions, pages, PAGE, local)
+    item = PAGE * 2 * head_dim * 4  # one source page: 2 heads
+    st = ScatterStaging(regions * 8 * item, regions, pool.device)
+    dst = np.array([5, 2, 8])
+    sent = {}
+    for source, head in (("a", 0), ("b", 2)):
+        idx = st.alloc(7, source, len(dst), item)
+        assert idx is not None and len(idx) == 3
+        sent[source] = torch.randn(regions, 3, PAGE, 2, head_dim)
+        rows = st.buf.rows(3 * item, pool, int(idx[0]) * item)
+        rows.copy_(sent[source].reshape(regions, -1))  # what the engine writes
+        st.scatter(7, source, heads, dst, head)
+    assert torch.equal(pool[:, dst, :, 0:2], sent["a"])
+    assert torch.equal(pool[:, dst, :, 2:4], sent["b"])
+    others = [p for p in range(pages) if p not in dst]
+    assert not pool[:, others].any()
+    assert st.alloc(8, "a", 9, item) is None  # 6 of 8 pages taken
+    st.free_room(7)
+    assert st.alloc(8, "a", 8, item) is not None

@@ -33,6 +33,7 @@ class Node:
         env: Optional[dict[str, str]] = None,
         layout: Optional[dict[str, int]] = None,
         tp: Optional[dict[str, Any]] = None,
+        device: str = "cpu",
     ) -> dict[str, Any]:
         """``tp``: this node is rank ``rank`` of ``size`` of a server of a model with
         ``num_heads`` attention heads (``layout`` gives the model's total KV heads; the pool
@@ -55,11 +56,13 @@ class Node:
         local = head_split(num_heads, shape["num_kv_heads"], size, rank).num_kv_heads
         self.backend = backend
         self.pool = KVPool(KVLayout(**{**shape, "num_kv_heads": local}, page_size=page_size,
-                                    dtype=getattr(torch, dtype)), num_pages)
+                                    dtype=getattr(torch, dtype)), num_pages, device)
         self.meta = MetadataBuffers(meta_rows)
         ptrs, lens, item_lens = self.meta.ptrs_lens_item_lens()
         args = KVArgs(
             kv_data_ptrs=self.pool.data_ptrs(),
+            kv_buffer=self.pool.buffer,
+            device=str(self.pool.buffer.device.type),
             kv_data_lens=self.pool.data_lens(),
             kv_item_len=self.pool.item_len,
             aux_data_ptrs=ptrs,
@@ -104,7 +107,7 @@ class Node:
     def pool_bytes(self) -> bytes:
         import torch
 
-        return self.pool.buffer.view(torch.uint8).numpy().tobytes()
+        return self.pool.buffer.view(torch.uint8).cpu().numpy().tobytes()
 
     def open(self, room: int, bootstrap_addr: str) -> None:
         self.conns[room] = self.cls(self.mgr, bootstrap_addr, room)

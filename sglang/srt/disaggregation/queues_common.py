@@ -67,6 +67,7 @@ def kv_args_of(ctx: PDContext, aux: tuple[list[int], list[int], list[int]]) -> K
         tp_size=ctx.tp_size,
         num_heads=ctx.num_heads,
         kv_data_ptrs=pool.data_ptrs(),
+        kv_buffer=pool.buffer,
         kv_data_lens=pool.data_lens(),
         kv_item_len=pool.item_len,
         aux_data_ptrs=aux_ptrs,

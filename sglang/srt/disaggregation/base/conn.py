@@ -60,6 +60,9 @@ class KVArgs:
     local_host: str = LOOPBACK
     bootstrap_port: int = DEFAULT_BOOTSTRAP_PORT  # prefill: where its bootstrap server listens
     extra: dict[str, Any] = field(default_factory=dict)
+    # the pool tensor whose (K|V, layer) regions kv_data_ptrs name, for the different-TP
+    # staging copies (tp_staging.py); None: no staging (head slices go as per-token blocks)
+    kv_buffer: Any = None
     # Tensor parallelism: this server's --tp-size (``engine_rank`` is the rank) and the model's
     # attention heads; ``model_shape["num_kv_heads"]`` is the model's total, and this rank's
     # pool holds the ``head_split`` share of them (0 heads: as many as KV heads, tp 1).

@@ -35,7 +35,7 @@ from sglang.srt.disaggregation.common.tp_layout import Slice
 from sglang.srt.disaggregation.common.tp_staging import (
     GatherBuffers,
     ScatterStaging,
-    region_view,
+    pool_heads,
     staging_bytes,
 )
 from sglang.srt.disaggregation.common.transfer_worker import TransferFailed
@@ -87,30 +87,33 @@ class CommonKVManager(BaseKVManager):
         logger.info("KV manager (%s, %s) ready: %s", mode, self.backend_name, self.describe())
 
     def _init_staging(self) -> None:
-        """tp_staging.py: the prefill's gather buffers or the decode's scatter staging (KV in
-        DRAM only), and a numpy view of this rank's KV regions."""
+        """tp_staging.py: the prefill's gather buffers or the decode's scatter staging, on the
+        pool's device, and this rank's pool as [region, page, token, head, word]."""
         a = self.args
         self.gather_bufs: Optional[GatherBuffers] = None
         self.scatter: Optional[ScatterStaging] = None
         self.pool_view = None
-        total = staging_bytes()
-        if a.device != "cpu" or total == 0 or not a.kv_data_ptrs or a.kv_item_len <= 0:
+        total, pool = staging_bytes(), a.kv_buffer
+        if (total == 0 or pool is None or not a.kv_data_ptrs or a.kv_item_len <= 0
+                or pool.data_ptr() != a.kv_data_ptrs[0]):
             return
-        self.pool_view = region_view(a.kv_data_ptrs, a.kv_item_len,
-                                     a.kv_data_lens[0] // a.kv_item_len)
+        self.pool_view = pool_heads(pool, len(a.kv_data_ptrs), a.kv_data_lens[0] // a.kv_item_len,
+                                    a.page_size, self.tp_info()["num_local_kv_heads"])
         if self.pool_view is None:
             return
         if self.mode == "prefill":
-            self.gather_bufs = GatherBuffers(total, envs.transfer_threads, len(a.kv_data_ptrs))
+            self.gather_bufs = GatherBuffers(total, envs.transfer_threads, len(a.kv_data_ptrs),
+                                             pool.device)
         else:
-            self.scatter = ScatterStaging(total, len(a.kv_data_ptrs))
+            self.scatter = ScatterStaging(total, len(a.kv_data_ptrs), pool.device)
 
     def staging_regions(self) -> tuple[list[int], list[int]]:
-        """DRAM the engine must register besides the KV regions and metadata rows."""
+        """Memory the engine must register besides the KV regions and metadata rows (on the
+        KV pool's device)."""
         if self.gather_bufs is not None:
             return self.gather_bufs.ptrs_lens()
         if self.scatter is not None:
-            return [self.scatter.buf.ptr], [self.scatter.buf.array.nbytes]
+            return [self.scatter.buf.ptr], [self.scatter.buf.nbytes]
         return [], []
 
     # ---- what both sides agree on --------------------------------------------------------

@@ -1,28 +1,32 @@
-"""Staging buffers that keep PD between different TP sizes at whole-page speed (KV in DRAM).
+"""Staging buffers that keep PD between different TP sizes at whole-page speed.
 
 A head slice of a page is one small block per token (tp_layout.py); engines pay per block. Two
-cases move whole pages instead, through a buffer registered with the engine like the KV pool:
+cases move whole pages instead, through a buffer registered with the engine like the KV pool and
+on the pool's device (DRAM or VRAM):
 
   gather  (prefill side; the decode rank's whole page is part of the prefill rank's heads, e.g.
-          P tp1 -> D tp2): the transfer worker copies the slice of the chunk's pages into its
-          staging buffer laid out as the decode's pages, and writes those as page runs.
+          P tp1 -> D tp2): the transfer worker copies the slice of the chunk's pages into a
+          staging buffer laid out as the decode's pages, and writes those as page runs; the
+          next piece is gathered while one is written.
   scatter (decode side; the prefill rank's whole page is part of the decode rank's heads, e.g.
           P tp2 -> D tp1): the decode gives such a source staging pages instead of pool pages
           (``MetadataMsg.staged``); the prefill writes its whole pages there; once every source
           reported Success the decode's control thread copies them into its pool's heads, then
           sets the room Success. The room's staging is freed when the room is cleared.
 
-Neither applies to KV in VRAM, with SGLANG_DISAGGREGATION_TP_STAGING_MB=0, or when the
-decode's staging is full (that room then takes per-token blocks).
+The copies are torch index ops on the pool tensor (``KVArgs.kv_buffer``): the same code for KV
+in DRAM and in VRAM (a CUDA copy is waited for before the engine reads or the room is done).
+Neither applies with SGLANG_DISAGGREGATION_TP_STAGING_MB=0 (or without ``kv_buffer``), or when
+the decode's staging is full (that room then takes per-token blocks). The buffers take that many
+MB per KV manager: in DRAM, faulted in at first use; in VRAM, allocated at start.
 """
 
 from __future__ import annotations
 
-import ctypes
 import queue
 import threading
 from concurrent.futures import ThreadPoolExecutor, wait
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Iterator, Optional
 
 import numpy as np
 import torch
@@ -34,63 +38,57 @@ def staging_bytes() -> int:
     return envs.tp_staging_bytes
 
 
-def heads_view(pool: np.ndarray, page_size: int, local: int) -> np.ndarray:
-    """[region, page, byte] as [region, page, token, head, head word], a view (never a copy);
-    words of 8 bytes where the head's bytes allow (8x fewer elements for torch to copy)."""
-    r, n, item = pool.shape
-    hb = item // (page_size * local)
-    s0, s1, _ = pool.strides
-    addr = pool.ctypes.data
-    w = 8 if hb % 8 == 0 and addr % 8 == 0 and s0 % 8 == 0 and s1 % 8 == 0 else 1
-    extent = s0 * (r - 1) + s1 * (n - 1) + item
-    base = np.frombuffer((ctypes.c_uint8 * extent).from_address(addr),
-                         dtype=np.int64 if w == 8 else np.uint8)
-    return np.lib.stride_tricks.as_strided(base, (r, n, page_size, local, hb // w),
-                                           (s0, s1, local * hb, hb, w))
-
-
-def _words(a: np.ndarray, like: np.ndarray) -> np.ndarray:
-    """``a`` (uint8, last axis contiguous) in the element type of ``like``."""
-    return a if like.dtype == a.dtype else a.view(like.dtype)
-
-
-def region_view(ptrs: Sequence[int], item_len: int, num_pages: int) -> Optional[np.ndarray]:
-    """The KV regions as one uint8 array [region, page, byte] (None unless they are equally
-    spaced, as a KVPool's are)."""
-    if not ptrs:
+def pool_heads(buffer: torch.Tensor, regions: int, pages: int, page_size: int,
+               local: int) -> Optional[torch.Tensor]:
+    """The KV pool tensor (regions of pages, each page [token, head, ...]) as [region, page,
+    token, head, head word], a view (never a copy); words of 8 bytes where a head's bytes allow
+    (8x fewer elements to index). None for a pool that is not one contiguous tensor."""
+    if not buffer.is_contiguous() or regions <= 0 or local <= 0:
         return None
-    stride = ptrs[1] - ptrs[0] if len(ptrs) > 1 else num_pages * item_len
-    if stride < num_pages * item_len or any(b - a != stride for a, b in zip(ptrs, ptrs[1:])):
+    raw = buffer.reshape(-1).view(torch.uint8)
+    per_head, rest = divmod(raw.numel(), regions * pages * page_size * local)
+    if rest or per_head == 0:
         return None
-    raw = (ctypes.c_uint8 * (stride * (len(ptrs) - 1) + num_pages * item_len)).from_address(
-        ptrs[0])
-    base = np.frombuffer(raw, dtype=np.uint8)
-    return np.lib.stride_tricks.as_strided(base, (len(ptrs), num_pages, item_len),
-                                           (stride, item_len, 1))
+    words = raw.view(torch.int64) if per_head % 8 == 0 else raw
+    hw = per_head // words.element_size()
+    return words.view(regions, pages, page_size, local, hw)
+
+
+def _index(pages: Any, device: torch.device) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(pages, dtype=np.int64), device=device)
+
+
+def _done(t: torch.Tensor) -> None:
+    """Wait for the copy into ``t`` (a CUDA kernel runs asynchronously; the engine or the next
+    forward must see its bytes)."""
+    if t.is_cuda:
+        torch.cuda.current_stream(t.device).synchronize()
 
 
 class Buffer:
-    """``nbytes`` of DRAM, seen as ``regions`` equal rows (one per KV region)."""
+    """``nbytes`` on ``device``, seen as ``regions`` equal rows (one per KV region)."""
 
-    def __init__(self, nbytes: int, regions: int):
+    def __init__(self, nbytes: int, regions: int, device: torch.device):
         self.regions = regions
         self.row = (nbytes // max(regions, 1)) & ~63
-        self.array = np.empty(regions * self.row, dtype=np.uint8)
-        self.ptr = int(self.array.ctypes.data)
-        self._touched = False
+        self.tensor = torch.empty(regions * self.row, dtype=torch.uint8, device=device)
+        self.ptr = int(self.tensor.data_ptr())
+        self.nbytes = regions * self.row
+        self._touched = self.tensor.is_cuda  # VRAM is backed at allocation
 
     def touch(self) -> None:
-        """Fault every page in once, before the first use: a first write into fresh memory
-        costs a page fault per 4 KiB (seen here: 0.3 s for the first 15 MB piece)."""
+        """Fault every page of DRAM in once, before the first use: a first write into fresh
+        memory costs a page fault per 4 KiB (seen here: 0.3 s for the first 15 MB piece)."""
         if not self._touched:
-            self.array.fill(0)
+            self.tensor.zero_()
             self._touched = True
 
     def ptrs(self) -> list[int]:
         return [self.ptr + r * self.row for r in range(self.regions)]
 
-    def rows(self, nbytes: int) -> np.ndarray:
-        return self.array.reshape(self.regions, self.row)[:, :nbytes]
+    def rows(self, nbytes: int, like: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """Bytes [start, start + nbytes) of every row, in the element type of ``like``."""
+        return self.tensor.view(self.regions, self.row)[:, start : start + nbytes].view(like.dtype)
 
 
 class GatherBuffers:
@@ -100,15 +98,15 @@ class GatherBuffers:
     # next is gathered (the gather is a second pass over the bytes: overlapped, not added)
     PIECES = 4
 
-    def __init__(self, total: int, threads: int, regions: int):
-        self.buffers = [Buffer(total // threads, regions) for _ in range(threads)]
+    def __init__(self, total: int, threads: int, regions: int, device: torch.device):
+        self.buffers = [Buffer(total // threads, regions, device) for _ in range(threads)]
         self._free: queue.SimpleQueue[Buffer] = queue.SimpleQueue()
         for b in self.buffers:
             self._free.put(b)
         self._fill = ThreadPoolExecutor(threads, thread_name_prefix="kv-gather")
 
     def ptrs_lens(self) -> tuple[list[int], list[int]]:
-        return [b.ptr for b in self.buffers], [b.array.nbytes for b in self.buffers]
+        return [b.ptr for b in self.buffers], [b.nbytes for b in self.buffers]
 
     def take(self, block: bool = True) -> Optional[Buffer]:
         """A free buffer (None if ``block`` is False and none is free), its memory touched."""
@@ -122,21 +120,20 @@ class GatherBuffers:
     def give(self, b: Buffer) -> None:
         self._free.put(b)
 
-    def pieces(self, pool: np.ndarray, src_pages: np.ndarray, dst_pages: np.ndarray,
-               page_size: int, src_local: int, src_head: int, num_heads: int,
-               page_bytes: int) -> Iterator[tuple[Buffer, int, np.ndarray]]:
-        """Gather heads [src_head, +num_heads) of ``src_pages`` piece by piece; yields (buffer,
-        page bytes, the piece's ``dst_pages``), the buffer holding the piece's pages from row
-        offset 0 and valid until the next step. While the caller writes one piece, a second
-        buffer (when one is free; never waited for, so writers cannot deadlock on buffers)
-        is filled with the next."""
+    def pieces(self, heads: torch.Tensor, src_pages: np.ndarray, dst_pages: np.ndarray,
+               src_head: int, num_heads: int) -> Iterator[tuple[Buffer, int, np.ndarray]]:
+        """Gather heads [src_head, +num_heads) of ``src_pages`` of the pool (``heads``:
+        pool_heads()) piece by piece; yields (buffer, page bytes, the piece's ``dst_pages``),
+        the buffer holding the piece's pages from row offset 0 and valid until the next step.
+        While the caller writes one piece, a second buffer (when one is free; never waited for,
+        so writers cannot deadlock on buffers) is filled with the next."""
         n = len(src_pages)
+        page_bytes = heads[0, 0, :, :num_heads].numel() * heads.element_size()
         step = max(1, min(self.buffers[0].row // page_bytes, -(-n // self.PIECES)))
         starts = range(0, n, step)
 
         def fill(i: int, buf: Buffer) -> int:
-            return gather(pool, src_pages[i : i + step], page_size, src_local, src_head,
-                          num_heads, buf)
+            return gather(heads, src_pages[i : i + step], src_head, num_heads, buf)
 
         cur, spare, ahead = self.take(), None, None
         assert cur is not None
@@ -167,26 +164,26 @@ class GatherBuffers:
         self._fill.shutdown(wait=False, cancel_futures=True)
 
 
-def gather(pool: np.ndarray, src_pages: np.ndarray, page_size: int, src_local: int,
-           src_head: int, num_heads: int, buf: Buffer) -> int:
-    """Copy heads [src_head, +num_heads) of ``src_pages`` of every region into ``buf`` as whole
-    pages of ``num_heads`` heads, page i at row offset i * page bytes; returns the page bytes."""
-    r, _, item = pool.shape
-    hb = item // (page_size * src_local)
-    out_item = page_size * num_heads * hb
-    dst = buf.rows(len(src_pages) * out_item).reshape(r, len(src_pages), page_size, num_heads, hb)
-    view = heads_view(pool, page_size, src_local)
-    src = torch.from_numpy(view)[:, :, :, src_head : src_head + num_heads]
-    torch.index_select(src, 1, torch.from_numpy(np.asarray(src_pages, dtype=np.int64)),
-                       out=torch.from_numpy(_words(dst, view)))
+def gather(heads: torch.Tensor, src_pages: np.ndarray, src_head: int, num_heads: int,
+           buf: Buffer) -> int:
+    """Copy heads [src_head, +num_heads) of ``src_pages`` of every region of the pool
+    (``heads``: pool_heads()) into ``buf`` as whole pages of ``num_heads`` heads, page i at row
+    offset i * page bytes; returns the page bytes."""
+    r, _, page_size, _, hw = heads.shape
+    n = len(src_pages)
+    out_item = page_size * num_heads * hw * heads.element_size()
+    dst = buf.rows(n * out_item, heads).view(r, n, page_size, num_heads, hw)
+    torch.index_select(heads[:, :, :, src_head : src_head + num_heads], 1,
+                       _index(src_pages, heads.device), out=dst)
+    _done(dst)
     return out_item
 
 
 class ScatterStaging:
     """Decode side: one registered buffer; rooms take ranges of whole source pages of it."""
 
-    def __init__(self, total: int, regions: int):
-        self.buf = Buffer(total, regions)
+    def __init__(self, total: int, regions: int, device: torch.device):
+        self.buf = Buffer(total, regions, device)
         self._lock = threading.Lock()
         self._free: list[tuple[int, int]] = [(0, self.buf.row)]  # (start, end) byte offsets
         self.taken: dict[tuple[int, str], tuple[int, int, int]] = {}  # (room, src)->(off, n, item)
@@ -219,20 +216,17 @@ class ScatterStaging:
                     merged.append((s, e))
             self._free = merged
 
-    def scatter(self, room: int, source: str, pool: np.ndarray, dst_pages: np.ndarray,
-                page_size: int, dst_local: int, dst_head: int) -> None:
+    def scatter(self, room: int, source: str, heads: torch.Tensor, dst_pages: np.ndarray,
+                dst_head: int) -> None:
         """Copy the room's staged pages from ``source`` into heads [dst_head, ...) of
-        ``dst_pages`` of the pool ([region, page, byte])."""
+        ``dst_pages`` of the pool (``heads``: pool_heads())."""
         off, n, item = self.taken[room, source]
-        r = pool.shape[0]
-        hb = pool.shape[2] // (page_size * dst_local)
-        heads = item // (page_size * hb)
-        src = self.buf.rows(off + n * item)[:, off:].reshape(r, n, page_size, heads, hb)
-        words = heads_view(pool, page_size, dst_local)
-        view = torch.from_numpy(words)
-        view[:, :, :, dst_head : dst_head + heads].index_copy_(
-            1, torch.from_numpy(np.asarray(dst_pages, dtype=np.int64)),
-            torch.from_numpy(_words(src, words)))
+        r, _, page_size, _, hw = heads.shape
+        num = item // (page_size * hw * heads.element_size())
+        src = self.buf.rows(n * item, heads, off).view(r, n, page_size, num, hw)
+        heads[:, :, :, dst_head : dst_head + num].index_copy_(
+            1, _index(dst_pages, heads.device), src)
+        _done(heads)
 
 
 def stage(mgr: Any, st: Any, endpoint: str, n: int) -> Optional[np.ndarray]:
@@ -245,5 +239,4 @@ def stage(mgr: Any, st: Any, endpoint: str, n: int) -> Optional[np.ndarray]:
 
 def unstage(mgr: Any, st: Any, endpoint: str) -> None:
     """Decode side: source ``endpoint`` said Success: copy its staged pages into the pool."""
-    mgr.scatter.scatter(st.room, endpoint, mgr.pool_view, st.dst_pages, mgr.args.page_size,
-                        mgr.tp_info()["num_local_kv_heads"], st.staged[endpoint][0])
+    mgr.scatter.scatter(st.room, endpoint, mgr.pool_view, st.dst_pages, st.staged[endpoint][0])

@@ -131,8 +131,7 @@ class TransferWorkers:
         elif (peer.num_heads == peer.dst_num_heads and mgr.gather_bufs is not None
               and mgr.pool_view is not None):  # the decode's whole pages: gather, then pages
             for buf, item, dst in mgr.gather_bufs.pieces(
-                    mgr.pool_view, job.src_pages, dest.dst_pages, args.page_size, local,
-                    peer.src_head, peer.num_heads, peer.kv_item_len):
+                    mgr.pool_view, job.src_pages, dest.dst_pages, peer.src_head, peer.num_heads):
                 runs = group_concurrent_contiguous(np.arange(len(dst)), dst)
                 yield kv_blocks(runs, buf.ptrs(), peer.kv_ptrs, item)
         else:  # one block per token

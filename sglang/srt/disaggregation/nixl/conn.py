@@ -47,7 +47,7 @@ class NixlKVManager(CommonKVManager):
         self.agent.register(a.aux_data_ptrs, a.aux_data_lens, "DRAM", 0)
         st_ptrs, st_lens = self.staging_regions()
         if st_ptrs:
-            self.agent.register(st_ptrs, st_lens, "DRAM", 0)
+            self.agent.register(st_ptrs, st_lens, self.kv_mem, self.kv_dev)  # the pool's device
         if self.mode == "decode":
             self.agent.start_progress(envs.nixl_progress_interval)
 
