@@ -28,7 +28,7 @@ import requests
 from pool_checks import assert_pool_whole
 
 from sglang.srt.utils.network import free_port
-from sglang.test.server_utils import launch_server, start
+from sglang.test.server_utils import launch_server, spawn, wait_all
 
 PREFILL_IP, DECODE_IP = "127.0.0.2", "127.0.0.3"
 # the same as conftest.py's reference server
@@ -44,24 +44,21 @@ def pair(request, tiny_model, log_dir):
     backend = request.param
     args = [*ARGS, "--disaggregation-transfer-backend", backend]
     logs = f"{log_dir}/pd-addresses-{backend}"
-    bport, port = free_port(PREFILL_IP), free_port(PREFILL_IP)
-    with ThreadPoolExecutor(2) as ex:  # the two start side by side (a few seconds saved)
-        futs = [ex.submit(start, "prefill", [
-            "-m", "sglang.launch_server", "--model-path", tiny_model, *args,
-            "--disaggregation-mode", "prefill", "--disaggregation-bootstrap-port", str(bport),
-            "--host", "0.0.0.0", "--port", str(port)],
-            f"http://{PREFILL_IP}:{port}", logs, {"SGLANG_HOST_IP": PREFILL_IP}),
-            ex.submit(launch_server, tiny_model, logs, "decode",
-                      [*args, "--disaggregation-mode", "decode"], host=DECODE_IP)]
-    procs = [f.result() for f in futs if f.exception() is None]
+    bport, port, lb_port = free_port(PREFILL_IP), free_port(PREFILL_IP), free_port()
+    # all three start at once (as launch_pd_cluster: mini_lb needs its servers only at a request)
+    prefill = spawn("prefill", [
+        "-m", "sglang.launch_server", "--model-path", tiny_model, *args,
+        "--disaggregation-mode", "prefill", "--disaggregation-bootstrap-port", str(bport),
+        "--host", "0.0.0.0", "--port", str(port)],
+        f"http://{PREFILL_IP}:{port}", logs, {"SGLANG_HOST_IP": PREFILL_IP})
+    decode = launch_server(tiny_model, logs, "decode", [*args, "--disaggregation-mode", "decode"],
+                           host=DECODE_IP, wait=False)
+    lb = spawn("mini_lb", [
+        "-m", "sglang.srt.disaggregation.mini_lb", "--host", "127.0.0.1", "--port", str(lb_port),
+        "--prefill", prefill.url, str(bport), "--decode", decode.url],
+        f"http://127.0.0.1:{lb_port}", logs)
+    procs = wait_all([prefill, decode, lb])
     try:
-        for f in futs:
-            f.result()  # a start-up failure of either
-        lb_port = free_port()
-        procs.append(start("mini_lb", [
-            "-m", "sglang.srt.disaggregation.mini_lb", "--host", "127.0.0.1",
-            "--port", str(lb_port), "--prefill", procs[0].url, str(bport),
-            "--decode", procs[1].url], f"http://127.0.0.1:{lb_port}", logs))
         yield (*procs, bport, backend)
     finally:
         for p in reversed(procs):
