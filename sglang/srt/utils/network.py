@@ -192,7 +192,8 @@ def free_port(host: str = LOOPBACK) -> int:
         start, end = window
         with _port_lock:
             if _port_cursor is None:
-                _port_cursor = random.randrange(end - start)
+                # not the global generator: a process that seeds it would start where others do
+                _port_cursor = random.SystemRandom().randrange(end - start)
             for _ in range(end - start):
                 port = start + _port_cursor % (end - start)
                 _port_cursor = (_port_cursor + 1) % (end - start)
