@@ -1,7 +1,8 @@
 """The one place for ports and host formatting: the default bootstrap port, the address to dial
 a server on this machine (``reachable_host``: loopback for a wildcard bind address), the address
 a server tells its peers (``advertised_host``: this machine's routable IP for a wildcard, as
-SGLang's ``get_local_ip_auto``), IPv6 brackets, and a free local port.
+SGLang's ``get_local_ip_auto``), IPv6 brackets, and a free local port
+(``free_port``: from below the ephemeral range, never the same twice in a process).
 
 Dialing and advertising differ: a test or a launcher on the same machine may dial 127.0.0.1 for
 a server bound to 0.0.0.0, but an address put into a registration, a control-plane endpoint or a
@@ -12,8 +13,11 @@ unless the server listens only there.
 from __future__ import annotations
 
 import logging
+import os
+import random
 import socket
-from typing import Optional
+import threading
+from typing import Optional, Tuple
 
 from sglang.srt.env import envs
 
@@ -125,9 +129,76 @@ def host_port(host: Optional[str], port: Optional[int]) -> str:
     return f"{url_host(host)}:{DEFAULT_BOOTSTRAP_PORT if port is None else port}"
 
 
-def free_port(host: str = LOOPBACK) -> int:
-    """A TCP port free on ``host`` right now (the OS picks it)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+# free_port hands out ports from below the ephemeral range (where the OS picks the local port of
+# every outgoing connection and port-0 bind: transfer engines, zmq, HTTP clients), so a port
+# given to a server launched seconds later is not taken meanwhile by some connection.
+_EPHEMERAL_FILE = "/proc/sys/net/ipv4/ip_local_port_range"
+_DEFAULT_EPHEMERAL = (32768, 60999)  # Linux's default, for machines without the /proc file
+_MIN_WINDOW = 1000  # fewest ports worth a window; fewer -> let the OS pick (port 0)
+_port_lock = threading.Lock()
+_port_cursor: Optional[int] = None  # next candidate offset in the window; random at first use
+
+
+def ephemeral_range() -> Tuple[int, int]:
+    """The OS's ephemeral port range (inclusive), from /proc where present."""
+    try:
+        with open(_EPHEMERAL_FILE) as f:
+            lo, hi = (int(x) for x in f.read().split())
+        return lo, hi
+    except (OSError, ValueError):
+        return _DEFAULT_EPHEMERAL
+
+
+def port_window(ephemeral: Tuple[int, int]) -> Optional[Tuple[int, int]]:
+    """Ports ``[start, end)`` for free_port, outside ``ephemeral`` (inclusive): 20000 up to its
+    start, else 10000 up to it (at most 20000), else above its end; None when none of these
+    holds _MIN_WINDOW ports."""
+    lo, hi = ephemeral
+    for start, end in ((20000, lo), (10000, min(lo, 20000)), (max(hi + 1, 10000), 65536)):
+        if end - start >= _MIN_WINDOW:
+            return start, end
+    return None
+
+
+def _binds(family: int, host: str, port: int) -> bool:
     with socket.socket(family, socket.SOCK_STREAM) as s:
-        s.bind((host.strip("[]"), 0))
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _reset_cursor() -> None:
+    global _port_cursor
+    _port_cursor = None
+
+
+# A forked child would otherwise walk the same ports as its parent.
+os.register_at_fork(after_in_child=_reset_cursor)
+
+
+def free_port(host: str = LOOPBACK) -> int:
+    """A TCP port free on ``host`` right now, below the ephemeral range (see above) and never
+    the same twice in this process: a cursor from a random offset walks the window and returns
+    the first port that binds on ``host`` and on every interface (a server may bind either).
+    If none binds, the OS picks one (port 0)."""
+    global _port_cursor
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    host = host.strip("[]")
+    everywhere = "::" if family == socket.AF_INET6 else "0.0.0.0"
+    window = port_window(ephemeral_range())
+    if window is not None:
+        start, end = window
+        with _port_lock:
+            if _port_cursor is None:
+                # not the global generator: a process that seeds it would start where others do
+                _port_cursor = random.SystemRandom().randrange(end - start)
+            for _ in range(end - start):
+                port = start + _port_cursor % (end - start)
+                _port_cursor = (_port_cursor + 1) % (end - start)
+                if _binds(family, host, port) and _binds(family, everywhere, port):
+                    return port
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
         return int(s.getsockname()[1])

@@ -5,12 +5,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
 from sglang.srt.disaggregation.common.transfer_worker import TransferFailed
 from sglang.srt.disaggregation.common.utils import Blocks, merge_adjacent
+from sglang.srt.disaggregation.nixl import ucx_devices
 
 logger = logging.getLogger(__name__)
 
@@ -39,14 +40,18 @@ def _descs(addrs: Sequence[int], lens: Sequence[int], dev: int) -> np.ndarray:
 
 
 class NixlAgent:
-    def __init__(self, name: str, backend: str):
+    def __init__(self, name: str, backend: str, host: Optional[str] = None):
+        """``host``: the server's --host; UCX then uses only the interface holding it
+        (``ucx_devices``: UCX would otherwise listen on every interface)."""
         api = _import_nixl()
         config = api.nixl_agent_config(
             backends=[backend],
             sync_mode=api.nixl_thread_sync_t.NIXL_THREAD_SYNC_STRICT,
             enable_prog_thread=False,  # see start_progress
         )
-        self.agent = api.nixl_agent(name, config)
+        with ucx_devices.restricted_to(host if backend == "UCX" else None) as devices:
+            self.agent = api.nixl_agent(name, config)
+        self.net_devices = devices  # None: UCX's own choice (every interface)
         if backend not in self.agent.backends:
             raise RuntimeError(
                 f"NIXL backend {backend!r} is not available (plugins: {self.agent.plugin_list}); "

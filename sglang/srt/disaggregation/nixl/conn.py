@@ -7,13 +7,15 @@ The decode ships its agent metadata in its KV-args registration; the prefill add
 remote agent and WRITEs into it. Completion travels as the common ZMQ status message (no NIXL
 notifications), exactly as with Mooncake.
 
-Exposure: NIXL's UCX backend listens on the interfaces UCX picks (every one with a usable
-transport); restrict them with UCX_NET_DEVICES / UCX_TCP_IFACE (e.g. UCX_NET_DEVICES=lo).
-Agent metadata travels only over our control plane, bound to the server's --host.
+Exposure: NIXL's UCX backend listens (TCP) on one address per interface it uses; for a --host
+naming an address it uses only the interface holding it (``ucx_devices.py``: on ``lo`` that is
+127.0.0.1 whatever 127.x address --host names), for a wildcard every interface; UCX_NET_DEVICES
+overrides. Agent metadata travels only over our control plane, bound to the server's --host.
 """
 
 from __future__ import annotations
 
+import os
 import uuid
 from typing import Any, Optional
 
@@ -42,7 +44,9 @@ class NixlKVManager(CommonKVManager):
         self.kv_mem = _mem_kind(a.device)
         name = f"sglang-{self.mode}-{a.local_host}-{uuid.uuid4().hex[:12]}"
         self.kv_dev = _dev_id(self.kv_mem, a.gpu_id)
-        self.agent = NixlAgent(name, envs.nixl_backend)
+        # UCX listens on the interface holding --host (bootstrap_host), not on every one
+        self.agent = NixlAgent(name, envs.nixl_backend,
+                               a.extra.get("bootstrap_host", a.local_host))
         self.agent.register(a.kv_data_ptrs, a.kv_data_lens, self.kv_mem, self.kv_dev)
         self.agent.register(a.aux_data_ptrs, a.aux_data_lens, "DRAM", 0)
         st_ptrs, st_lens = self.staging_regions()
@@ -57,6 +61,8 @@ class NixlKVManager(CommonKVManager):
             "protocol": self.agent.backend,
             "device": self.kv_mem,
             "agent_name": self.agent.name,
+            # the interfaces UCX may use ("all": every one, UCX's default)
+            "ucx_net_devices": self.agent.net_devices or os.environ.get("UCX_NET_DEVICES", "all"),
         }
 
     def backend_compat_problem(self, prefill_info: dict[str, Any]) -> Optional[str]:
