@@ -3,7 +3,7 @@
 One per scheduler process. It owns the ZMQ control plane and, by mode:
   prefill: a PrefillSide (peers, rooms, transfer workers) and, unless told otherwise, the
            bootstrap server; it registers itself there (PUT /route) at start-up.
-  decode:  a DecodeSide (handshake, rooms, heartbeat).
+  decode:  a DecodeSide (rooms, heartbeat, its PrefillConnections).
 A backend subclass supplies the data plane: ``_init_engine``, ``transfer_info``, ``add_peer``,
 ``remove_peer``, ``write``, ``_shutdown_engine``, ``describe``.
 """
