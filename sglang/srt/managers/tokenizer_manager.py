@@ -139,9 +139,9 @@ class TokenizerManager(SchedulerWatch):
     ) -> AsyncIterator[dict[str, Any]]:
         """Run one normalized request; yields cumulative output dicts (one if not streaming).
 
-        ``tokenized``: what ``self.validator.validate`` returned for ``obj``, if it was called. The text
-        of each output only grows by appending: it holds whole characters only and never a part
-        of a stop string that the final text will cut.
+        ``tokenized``: what ``self.validator.validate`` returned for ``obj``, if it was called.
+        The text of each output only grows by appending: it holds whole characters only and
+        never a part of a stop string that the final text will cut.
         """
         self._ensure_loop()
         if tokenized is None:
