@@ -69,7 +69,7 @@ class BenchNode(transfer_procs.Node):
         from sglang.srt.disaggregation.common.utils import Blocks, kv_blocks
 
         a = self.mgr.args
-        peer = next(iter(self.mgr.prefill.peers.values()))
+        peer = next(iter(self.mgr.prefill.decodes.peers.values()))
         same = kv_blocks(runs_of(src_pages, dst_pages), a.kv_data_ptrs, peer.kv_ptrs,
                          a.kv_item_len)
         total = same.total_bytes()

@@ -135,7 +135,8 @@ class Node:
         return st, reason
 
     def failed_peers(self) -> list[str]:
-        return [p for p in list(self.mgr.prefill.peers) if p in self.mgr.prefill.failed_peers]
+        decodes = self.mgr.prefill.decodes
+        return [p for p in list(decodes.peers) if p in decodes.failed]
 
     def wait(self, room: int, states: list[int], timeout: float = 20.0) -> tuple[int, str]:
         """Poll until the status is one of ``states``; (status, failure reason)."""

@@ -171,7 +171,7 @@ def test_bf16_engine_with_cpu_kernels_tracks_transformers(tiny_model, hf, path, 
     within bf16 noise, either summation order may rightly pick the other token (and how often
     that happens depends on the CPU). So each step is checked on its own, teacher-forced."""
     from sglang import Engine
-    from sglang.srt.layers import cpu_kernels
+    from sglang.srt.layers import cpu_kernel_build, cpu_kernels
 
     from sglang.srt.env import envs
 
@@ -182,10 +182,10 @@ def test_bf16_engine_with_cpu_kernels_tracks_transformers(tiny_model, hf, path, 
     wants_kernels = envs.cpu_kernels and cpu_kernels.get() is not None  # (a compiler here)
     if wants_kernels:
         try:
-            isa = cpu_kernels.pick_isa(cpu_kernels.cpu_features(), envs.cpu_kernel_isa)
+            isa = cpu_kernel_build.pick_isa(cpu_kernel_build.cpu_features(), envs.cpu_kernel_isa)
         except RuntimeError as e:
             pytest.skip(f"not a path this CPU can run: {e}")
-        build = cpu_kernels.build(isa)
+        build = cpu_kernel_build.build(isa)
         kernel_dir.mkdir()
         shutil.copy(build, kernel_dir / build.name)
     monkeypatch.setenv("SGLANG_CPU_KERNEL_DIR", str(kernel_dir))

@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sglang.srt.layers import cpu_kernels
+from sglang.srt.layers import cpu_kernel_build, cpu_kernels
 from sglang.srt.layers.cpu_linear import OneDnnWeight, PanelWeight
 from sglang.srt.layers.embedding import LMHead
 from sglang.srt.layers.linear import GateUpLinear, Linear
@@ -71,14 +71,15 @@ def test_gemm_rejects_what_it_cannot_take():
         kernels.gemm_pack(torch.zeros(16, 8))
 
 
-RUNNABLE = [isa for isa in cpu_kernels.ISAS if isa.requires <= cpu_kernels.cpu_features()]
+RUNNABLE = [isa for isa in cpu_kernel_build.ISAS
+            if isa.requires <= cpu_kernel_build.cpu_features()]
 
 
 @pytest.mark.parametrize("isa", RUNNABLE, ids=[isa.name for isa in RUNNABLE])
 def test_gemm_of_each_build_this_cpu_runs(isa):
     """The AVX2 build's GEMM (an AVX2-only CPU's) equals the loaded build's bit for bit: the
     same float32 sums in the same order; the portable build has none."""
-    lib = cpu_kernels.CpuKernels(cpu_kernels.build(isa))
+    lib = cpu_kernels.CpuKernels(cpu_kernel_build.build(isa))
     if isa.name == "portable":
         assert not lib.gemm_supported
         return

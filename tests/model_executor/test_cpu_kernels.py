@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from me_helpers import PagedDriver, hf_logits, random_llama, save_and_load
 from test_smollm_shape import SMOLLM2_135M
 
-from sglang.srt.layers import cpu_kernels
+from sglang.srt.layers import cpu_kernel_build, cpu_kernels
 
 kernels = cpu_kernels.get()
 pytestmark = pytest.mark.skipif(
@@ -67,14 +67,15 @@ def test_decode_attention_matches_sdpa(heads, kv_heads, d, lengths, lib=None):
     assert (out.float() - ref).abs().max() <= 2e-2
 
 
-RUNNABLE = [isa for isa in cpu_kernels.ISAS if isa.requires <= cpu_kernels.cpu_features()]
+RUNNABLE = [isa for isa in cpu_kernel_build.ISAS
+            if isa.requires <= cpu_kernel_build.cpu_features()]
 
 
 @pytest.mark.parametrize("isa", RUNNABLE, ids=[isa.name for isa in RUNNABLE])
 def test_every_build_this_cpu_runs(isa):
     """Each build this CPU can run (on an AVX-512 machine: the AVX2 attention and the portable
     loops too) gives SDPA's attention and the loaded build's RMSNorm bit for bit."""
-    lib = cpu_kernels.CpuKernels(cpu_kernels.build(isa))
+    lib = cpu_kernels.CpuKernels(cpu_kernel_build.build(isa))
     assert lib.compiled_for == isa.requires
     assert lib.gemm_supported == (isa.name != "portable")
     for heads, kv_heads, d in [(9, 3, 64), (6, 2, 40)]:

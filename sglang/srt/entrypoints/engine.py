@@ -44,7 +44,7 @@ class Engine:
 
         async def one(it: GenerateReqInput) -> dict:
             out = None
-            async for out in tm.generate_request(it, None, tokenized=tm.validate(it)):
+            async for out in tm.generate_request(it, None, tokenized=tm.validator.validate(it)):
                 pass
             return out
 

@@ -84,7 +84,7 @@ def create_app(tm_or_state: "TokenizerManager | ServerState") -> FastAPI:
         obj = GenerateReqInput.from_json(await read_json(request))
         items = obj.normalize()
         # Tokenized here, once, so that a bad request is a 400 before a stream starts.
-        jobs = [(it, tm.validate(it)) for it in items]
+        jobs = [(it, tm.validator.validate(it)) for it in items]
         if obj.stream:
             started = None
             if not obj.is_batch:  # wait for the first output, so a refusal is an HTTP error

@@ -1,28 +1,24 @@
-"""The scheduler process: owns the model and the KV pool, batches requests continuously.
+"""The scheduler: owns the model and the KV pool, batches requests continuously.
 
-One loop: take messages, let the PD queues (if any) move requests, run one extend pass (new
-prompts, chunked) or else one decode pass over the running requests, send the results.
---tp-size N: one Scheduler per rank (process). Rank 0 alone talks to the tokenizer manager and
-broadcasts what it received each iteration; every rank schedules the same messages the same
-(deterministic) way, so all meet in the same forward passes; only rank 0 sends outputs.
+Each step: let the PD queues (if any) move requests, run one extend pass (new prompts, chunked)
+or else one decode pass over the running requests, queue the results in ``outbox``; the process
+loop around it is scheduler_loop.py. --tp-size N: one Scheduler per rank (process); every rank
+schedules the same messages the same (deterministic) way, so all meet in the same forward
+passes.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import time
 from typing import Any, Callable, Optional
 
 import torch
-import zmq
 
 from sglang.srt.base_types import ABORTED, ForwardMode
-from sglang.srt.distributed import broadcast_objects, tp_min_int
+from sglang.srt.distributed import tp_min_int
 from sglang.srt.env import envs
-from sglang.srt.managers.io_struct import (
-    AbortReq, BatchReqOutput, ReqOutput, RpcReq, TokenizedGenerateReqInput,
-)
+from sglang.srt.managers.io_struct import AbortReq, ReqOutput, RpcReq, TokenizedGenerateReqInput
 from sglang.srt.managers.disagg_protocol import Admissions, DisaggLayer, Load, NoDisagg, PDContext
 from sglang.srt.managers.admission import (
     cached_prefix_len,
@@ -32,9 +28,10 @@ from sglang.srt.managers.admission import (
 )
 from sglang.srt.managers.output_processor import OutputProcessor
 from sglang.srt.managers.req import Req
+from sglang.srt.managers.scheduler_loop import SchedulerLoopMixin
 from sglang.srt.managers.scheduler_reports import SchedulerReportsMixin
 from sglang.srt.managers.schedule_policy import build_decode, build_extend, plan_extend
-from sglang.srt.managers.watchdog import Watchdog, apply_test_hooks
+from sglang.srt.managers.watchdog import apply_test_hooks
 from sglang.srt.mem_cache.cache_manager import KVCacheManager
 from sglang.srt.mem_cache.memory_pool import KVPool
 from sglang.srt.mem_cache.pool_sizing import kv_pool_pages
@@ -48,7 +45,7 @@ from sglang.srt.utils.device import resolve_device
 logger = logging.getLogger(__name__)
 
 
-class Scheduler(SchedulerReportsMixin):
+class Scheduler(SchedulerLoopMixin, SchedulerReportsMixin):
     def __init__(
         self,
         args: ServerArgs,
@@ -258,48 +255,3 @@ class Scheduler(SchedulerReportsMixin):
                 logger.info("retract %s: KV pool full", victim)
                 self.cache.release(victim, cache=True)
                 self.waiting.insert(0, victim)
-
-    # ---- loop --------------------------------------------------------------------------
-    def run(self, recv: Optional[zmq.Socket], send: Optional[zmq.Socket]) -> None:
-        """The loop; ``recv``/``send`` are None on TP ranks other than 0."""
-        self._send_sock = send
-        poller = zmq.Poller()
-        if recv is not None:
-            poller.register(recv, zmq.POLLIN)
-        parent = os.getppid()
-        last_parent_check = time.monotonic()
-        watchdog = Watchdog(self.args.watchdog_timeout)
-        while True:
-            busy = self.busy()
-            for msg in self._receive(poller, recv, 0 if busy else 50):
-                self.handle(msg)
-            watchdog.step_begin()
-            ran = self.step()
-            self.flush_outbox()
-            self.metrics.maybe_push(self.gauges, self.send)
-            watchdog.step_end()
-            if not ran and busy:
-                time.sleep(0.001)
-            now = time.monotonic()
-            if now - last_parent_check > 1.0:
-                last_parent_check = now
-                if os.getppid() != parent:
-                    logger.warning("parent process died; scheduler exits")
-                    return
-
-    def _receive(self, poller: zmq.Poller, recv: Optional[zmq.Socket], timeout: int) -> list:
-        """Rank 0: what arrived within ``timeout`` ms, broadcast to the other ranks (tp > 1)."""
-        msgs = []
-        while recv is not None and dict(poller.poll(timeout)).get(recv):
-            msgs.append(recv.recv_pyobj())
-            timeout = 0
-        return broadcast_objects(msgs if recv is not None else None)
-
-    def send(self, obj: Any) -> None:
-        if self._send_sock is not None:  # TP ranks other than 0 send nothing
-            self._send_sock.send_pyobj(obj)
-
-    def flush_outbox(self) -> None:
-        if self.outbox:
-            self.send(BatchReqOutput(self.outbox))
-            self.outbox = []

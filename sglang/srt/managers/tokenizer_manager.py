@@ -1,4 +1,5 @@
-"""The HTTP process's side of the engine: tokenize, send to the scheduler, detokenize, stream."""
+"""The HTTP process's side of the engine: send each request to the scheduler (checked and
+tokenized by request_validation.py), gather its outputs, detokenize, stream."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from sglang.srt.managers.io_struct import (
     TokenizedGenerateReqInput,
 )
 from sglang.srt.managers.request_logger import RequestLogger
+from sglang.srt.managers.request_validation import RequestValidator
 from sglang.srt.managers.scheduler_watch import SchedulerWatch
 from sglang.srt.metrics.scheduler_stats import SchedulerStats
 from sglang.srt.metrics.server_metrics import create_server_metrics
@@ -65,6 +67,7 @@ class TokenizerManager(SchedulerWatch):
         self.scheduler_info = scheduler_info
         self.context_length: int = scheduler_info["context_length"]
         self.max_total_num_tokens: int = scheduler_info["max_total_num_tokens"]
+        self.validator = RequestValidator(args, scheduler_info, self.tokenizer)
         self._recv_addr = recv_addr
         self.dp = DataParallelController(
             [send_addr] if isinstance(send_addr, str) else send_addr, args.load_balance_method)
@@ -128,70 +131,6 @@ class TokenizerManager(SchedulerWatch):
         return out.result
 
     # ---- requests ----------------------------------------------------------------------
-    def tokenize(self, obj: GenerateReqInput) -> list[int]:
-        ids = obj.input_ids if obj.input_ids is not None else self.tokenizer.encode(obj.text)
-        n = len(ids)
-        if n == 0:
-            raise BadRequestError("the prompt is empty after tokenization")
-        if n >= self.context_length:
-            raise BadRequestError(
-                f"The input ({n} tokens) is longer than the model's context length "
-                f"({self.context_length} tokens)."
-            )
-        if n > self.max_total_num_tokens:
-            raise BadRequestError(
-                f"The input ({n} tokens) does not fit in the KV pool "
-                f"({self.max_total_num_tokens} tokens); raise --max-total-tokens"
-            )
-        vocab = self.scheduler_info["vocab_size"]
-        if max(ids) >= vocab:
-            raise BadRequestError(f"input_ids holds token id {max(ids)} >= vocab size {vocab}")
-        if obj.return_logprob and obj.logprob_start_len >= n:
-            raise BadRequestError(
-                f"logprob_start_len ({obj.logprob_start_len}) must be less than the prompt "
-                f"length ({n})"
-            )
-        return ids
-
-    def validate(self, obj: GenerateReqInput) -> TokenizedGenerateReqInput:
-        """Check and tokenize now, so a bad request is a 400 before a streamed response starts.
-
-        Pass the result to :meth:`generate_request` so the prompt is tokenized only once.
-        """
-        self._check_pd_fields(obj)
-        sp = obj.parsed_sampling_params
-        assert sp is not None
-        return TokenizedGenerateReqInput(
-            rid=obj.rid,
-            input_ids=self.tokenize(obj),
-            sampling_params=sp,
-            return_logprob=obj.return_logprob,
-            logprob_start_len=obj.logprob_start_len,
-            top_logprobs_num=obj.top_logprobs_num,
-            stream=obj.stream,
-            bootstrap_host=obj.bootstrap_host,
-            bootstrap_port=self._bootstrap_port(obj),
-            bootstrap_room=obj.bootstrap_room,
-        )
-
-    def _bootstrap_port(self, obj: GenerateReqInput) -> Optional[int]:
-        """As SGLang: a decode request without bootstrap_port uses this server's own
-        --disaggregation-bootstrap-port."""
-        if obj.bootstrap_port is None and self.server_args.disaggregation_mode == "decode":
-            return self.server_args.disaggregation_bootstrap_port
-        return obj.bootstrap_port
-
-    def _check_pd_fields(self, obj: GenerateReqInput) -> None:
-        mode = self.server_args.disaggregation_mode
-        if mode == "null":
-            return
-        if obj.bootstrap_room is None or obj.bootstrap_host is None:
-            raise BadRequestError(
-                f"this is a {mode} server of a disaggregated deployment: requests need "
-                "bootstrap_host, bootstrap_port and bootstrap_room; send them through the load "
-                "balancer (python -m sglang.srt.disaggregation.mini_lb)"
-            )
-
     async def generate_request(
         self,
         obj: GenerateReqInput,
@@ -200,13 +139,13 @@ class TokenizerManager(SchedulerWatch):
     ) -> AsyncIterator[dict[str, Any]]:
         """Run one normalized request; yields cumulative output dicts (one if not streaming).
 
-        ``tokenized``: what :meth:`validate` returned for ``obj``, if it was called. The text
-        of each output only grows by appending: it holds whole characters only and never a part
-        of a stop string that the final text will cut.
+        ``tokenized``: what ``self.validator.validate`` returned for ``obj``, if it was called.
+        The text of each output only grows by appending: it holds whole characters only and
+        never a part of a stop string that the final text will cut.
         """
         self._ensure_loop()
         if tokenized is None:
-            tokenized = self.validate(obj)
+            tokenized = self.validator.validate(obj)
         if obj.rid in self._states:
             raise BadRequestError(f"duplicate request id {obj.rid!r}")
         sp = tokenized.sampling_params

@@ -1,13 +1,9 @@
-"""Decode side of the common manager: handshake with prefills, and the state of every
-KVReceiver.
+"""Decode side of the common manager: the state of every KVReceiver.
 
-The first receiver for a bootstrap address starts a handshake in a background thread: fetch
-the prefill's registration (GET /route, retried while it is starting), refuse it if its KV
-layout differs, then register this decode's memory with the prefill's manager (once per
-prefill). Later receivers for that address are ready at once. The heartbeat drops a dead
-prefill's state, so a restarted prefill gets a fresh handshake. A prefill with ``--dp-size`` N
-holds room R in replica R % N: the decode learns N from replica 0's registration and connects
-to each replica it needs (registrations are keyed by (bootstrap addr, dp_rank)).
+The first receiver for a bootstrap address starts the handshake with that prefill in a
+background thread (prefill_connections.py); later receivers for it are ready at once. The
+heartbeat drops a dead prefill's connections and fails its rooms, so a restarted prefill gets a
+fresh handshake.
 
 Once a room's pages went to the prefill, its writes may still land there after the decode gave
 up on it. Giving up therefore always tells the prefill (AbortMsg), which answers AbortAckMsg
@@ -20,7 +16,6 @@ the heartbeat sends no ack: missed heartbeats do not prove that its transfer thr
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
@@ -30,12 +25,7 @@ import numpy as np
 
 from sglang.srt.disaggregation.base.conn import ABORTED, KVPoll
 from sglang.srt.disaggregation.common import faults
-from sglang.srt.disaggregation.common.handshake import (
-    HandshakeRefused,
-    PrefillUnavailable,
-    fetch_with_retry,
-    handshake_problem,
-)
+from sglang.srt.disaggregation.common.handshake import HandshakeRefused, PrefillUnavailable
 from sglang.srt.disaggregation.common.heartbeat import Heartbeat
 from sglang.srt.disaggregation.common.messages import (
     AbortAckMsg,
@@ -45,11 +35,10 @@ from sglang.srt.disaggregation.common.messages import (
     PongMsg,
     StatusMsg,
 )
+from sglang.srt.disaggregation.common.prefill_connections import PrefillConnections
 from sglang.srt.disaggregation.common.room_table import ReceiverRoom, RoomTable
-from sglang.srt.disaggregation.common.tp_layout import source_plan
 from sglang.srt.disaggregation.common.tp_staging import stage, unstage
 from sglang.srt.env import envs
-from sglang.srt.utils.network import bracket_host
 
 if TYPE_CHECKING:
     from sglang.srt.disaggregation.common.manager import CommonKVManager
@@ -62,15 +51,12 @@ class DecodeSide:
         self.mgr = mgr
         self.rooms: RoomTable[ReceiverRoom] = RoomTable()
         self.lock = self.rooms.lock
-        # (bootstrap addr, dp_rank) -> registration (replica 0's says the prefill's dp_size)
-        self.prefills: dict[tuple[str, int], dict[str, Any]] = {}
         self.addr_rooms: dict[str, set[int]] = defaultdict(set)
-        self._addr_locks: dict[tuple[str, int], threading.Lock] = defaultdict(threading.Lock)
+        self.conns = PrefillConnections(mgr, self.lock, lambda a: bool(self.addr_rooms.get(a)))
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="kv-handshake")
-        self._closing = threading.Event()
-        self.heartbeat = Heartbeat(self.known_prefills, self.on_prefill_lost)
+        self.heartbeat = Heartbeat(self.conns.known, self.on_prefill_lost)
 
-    # ---- handshake -----------------------------------------------------------------------
+    # ---- new rooms -----------------------------------------------------------------------
     def add_receiver(self, room: int, bootstrap_addr: str) -> bool:
         """Track a new room; False (and nothing changed) if the room is already in flight."""
         fails = envs.test_failure_prob > 0 and faults.request_fails()  # test only
@@ -81,23 +67,16 @@ class DecodeSide:
                 return False
             self.rooms.add(st)
             self.addr_rooms[bootstrap_addr].add(room)
-            first = self.prefills.get((bootstrap_addr, 0))
-            info = (self.prefills.get((bootstrap_addr, room % first.get("dp_size", 1)))
-                    if first is not None else None)
+            info = self.conns.cached(bootstrap_addr, room)
             if info is not None:
-                st.prefill_endpoint, st.sources = info["endpoint"], dict(info["sources"])
-                st.staged = dict(info["staged"])
-                self.rooms.set_status(room, KVPoll.WaitingForInput)
+                self._ready(st, info)
                 return True
         self._pool.submit(self._handshake, room, bootstrap_addr)
         return True
 
     def _handshake(self, room: int, addr: str) -> None:
         try:
-            info = self.ensure_connected(addr)  # replica 0's registration says the dp_size
-            dp_rank = room % info.get("dp_size", 1)
-            if dp_rank:
-                info = self.ensure_connected(addr, dp_rank)
+            info = self.conns.connect(addr, room)
         except (HandshakeRefused, PrefillUnavailable) as e:
             self.fail(room, str(e))
             return
@@ -107,68 +86,13 @@ class DecodeSide:
             return
         st = self.rooms.get(room)
         if st is not None:
-            st.prefill_endpoint, st.sources = info["endpoint"], dict(info["sources"])
-            st.staged = dict(info["staged"])
-            self.rooms.set_status(room, KVPoll.WaitingForInput)
+            self._ready(st, info)
 
-    def ensure_connected(self, addr: str, dp_rank: int = 0) -> dict[str, Any]:
-        """The registration of the prefill's replica ``dp_rank``, after the KV-args
-        registration was sent to it."""
-        key = (addr, dp_rank)
-        with self._addr_locks[key]:
-            info = self.prefills.get(key)
-            if info is not None:
-                return info
-            info = self._fetch(addr, 0, dp_rank)
-            mine = self.mgr.local_info()
-            self._check(addr, info, mine)
-            sources: dict[str, int] = {}
-            staged: dict[str, tuple[int, int]] = {}
-            for sl, expected in source_plan(info, mine):
-                rinfo = (info if sl.prefill_rank == 0
-                         else self._fetch(addr, sl.prefill_rank, dp_rank))
-                if sl.prefill_rank != 0:
-                    self._check(addr, rinfo, mine)
-                endpoint = f"{bracket_host(rinfo['rank_ip'])}:{rinfo['rank_port']}"
-                self.mgr.control.forget(endpoint)  # a restarted prefill: fresh socket
-                reg = self.mgr.registration(None if sl.num_heads == -1 else sl)
-                if not self.mgr.control.send(endpoint, reg):
-                    raise PrefillUnavailable(f"could not reach prefill manager {endpoint}")
-                sources[endpoint] = expected
-                if (self.mgr.scatter is not None and self.mgr.pool_view is not None
-                        and 0 < sl.num_heads == rinfo.get("num_local_kv_heads")
-                        and sl.num_heads < mine["num_local_kv_heads"]):
-                    staged[endpoint] = (sl.dst_head, sl.num_heads)  # tp_staging.py: scatter
-            info["endpoint"] = f"{bracket_host(info['rank_ip'])}:{info['rank_port']}"
-            info["sources"], info["staged"] = sources, staged
-            with self.lock:
-                self.prefills[key] = info
-            logger.info(
-                "Connected to prefill %s%s (managers %s, %s)", addr,
-                f" DP rank {dp_rank}" if dp_rank else "", sources, info.get("transfer"),
-            )
-            return info
-
-    def _check(self, addr: str, info: dict[str, Any], mine: dict[str, Any]) -> None:
-        """HandshakeRefused if the prefill rank's KV cannot fill this decode rank's."""
-        problem = handshake_problem(info, mine) or self.mgr.backend_compat_problem(info)
-        if problem is not None:
-            logger.error("Refusing prefill %s: %s", addr, problem)
-            raise HandshakeRefused(f"Prefill {addr} refused at handshake: {problem}")
-        if info.get("device") != self.mgr.args.device:
-            logger.warning(
-                "Prefill %s keeps its KV on %s, this decode on %s: the transfer engine "
-                "must be built for both", addr, info.get("device"), self.mgr.args.device,
-            )
-
-    def _fetch(self, addr: str, rank: int = 0, dp_rank: int = 0) -> dict[str, Any]:
-        return fetch_with_retry(addr, rank, self._closing,
-                                lambda: bool(self.addr_rooms.get(addr)), dp_rank)
-
-    def known_prefills(self) -> dict[str, str]:
-        """Connected prefills: bootstrap addr -> instance id of its bootstrap server."""
-        with self.lock:
-            return {a: i.get("bootstrap_instance", "") for (a, _), i in self.prefills.items()}
+    def _ready(self, st: ReceiverRoom, info: dict[str, Any]) -> None:
+        """The room's prefill is connected: it may now send its destination pages."""
+        st.prefill_endpoint, st.sources = info["endpoint"], dict(info["sources"])
+        st.staged = dict(info["staged"])
+        self.rooms.set_status(st.room, KVPoll.WaitingForInput)
 
     # ---- receiver API (scheduler thread) -------------------------------------------------
     def send_metadata(self, room: int, pages: np.ndarray, aux_index: int) -> None:
@@ -253,7 +177,7 @@ class DecodeSide:
     def on_status(self, msg: StatusMsg) -> None:
         st = self.rooms.get(msg.room)
         if msg.reregister:
-            self._forget_endpoint(msg.peer)
+            self.conns.forget_endpoint(msg.peer)
         if st is None or msg.peer not in st.sources:
             return
         if msg.status == KVPoll.Success:
@@ -275,9 +199,7 @@ class DecodeSide:
 
     def on_ping(self, msg: PingMsg) -> None:
         """A prefill probes this decode after a failed write: answer only a connected one."""
-        with self.lock:
-            known = any(msg.peer in i["sources"] for i in self.prefills.values())
-        if known:
+        if self.conns.knows_source(msg.peer):
             self.mgr.control.send(msg.peer, PongMsg(self.mgr.endpoint))
         else:
             logger.debug("Ping from unknown prefill %s ignored", msg.peer)
@@ -299,18 +221,11 @@ class DecodeSide:
         st.acked.add(msg.peer)
         logger.debug("Request %d: prefill %s acknowledged the abort", msg.room, msg.peer)
 
-    def _forget_endpoint(self, endpoint: str) -> None:
-        with self.lock:
-            for key, info in list(self.prefills.items()):
-                if endpoint in info["sources"]:
-                    del self.prefills[key]
-                    logger.info("Prefill %s forgot this decode; will re-register", key[0])
-
     def on_prefill_lost(self, addr: str, why: str) -> None:
         """Fail every unfinished room that went through this prefill connection, and forget
         the connection so that the next request handshakes afresh."""
         with self.lock:
-            infos = [self.prefills.pop(k) for k in list(self.prefills) if k[0] == addr]
+            infos = self.conns.pop(addr)
             rooms = list(self.addr_rooms.get(addr, ()))
         if not infos:
             return
@@ -329,6 +244,6 @@ class DecodeSide:
         logger.error("%s; %d requests affected", reason, affected)
 
     def close(self) -> None:
-        self._closing.set()
+        self.conns.close()
         self.heartbeat.close()
         self._pool.shutdown(wait=False, cancel_futures=True)

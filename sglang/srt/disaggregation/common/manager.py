@@ -1,9 +1,9 @@
 """The manager shared by the Mooncake and NIXL backends.
 
 One per scheduler process. It owns the ZMQ control plane and, by mode:
-  prefill: a PrefillSide (peers, rooms, transfer workers) and, unless told otherwise, the
+  prefill: a PrefillSide (rooms, transfer workers, its DecodePeers) and, unless told otherwise, the
            bootstrap server; it registers itself there (PUT /route) at start-up.
-  decode:  a DecodeSide (handshake, rooms, heartbeat).
+  decode:  a DecodeSide (rooms, heartbeat, its PrefillConnections).
 A backend subclass supplies the data plane: ``_init_engine``, ``transfer_info``, ``add_peer``,
 ``remove_peer``, ``write``, ``_shutdown_engine``, ``describe``.
 """
@@ -199,13 +199,13 @@ class CommonKVManager(BaseKVManager):
                 return
         elif self.prefill is not None:
             if isinstance(msg, RegisterMsg):
-                self.prefill.on_register(msg)
+                self.prefill.decodes.on_register(msg)
             elif isinstance(msg, MetadataMsg):
                 self.prefill.on_metadata(msg)
             elif isinstance(msg, AbortMsg):
                 self.prefill.on_abort(msg)
             elif isinstance(msg, PongMsg):
-                self.prefill.on_pong(msg)
+                self.prefill.decodes.on_pong(msg)
             return
         logger.warning("%s manager ignores a %s message from %s", self.mode, msg.T, msg.peer)
 

@@ -1,5 +1,5 @@
-"""Prefill side of the common manager: which decodes exist, where each room goes, and the
-state of every KVSender.
+"""Prefill side of the common manager: where each room goes, and the state of every KVSender
+(which decodes exist is decode_peers.py).
 
 A room's destination (TransferInfo) may arrive before the prefill's sender for it exists: the
 load balancer sends the request to both sides at once. It may also arrive after the sender
@@ -25,38 +25,31 @@ import numpy as np
 
 from sglang.srt.disaggregation.base.conn import ABORTED, KVPoll
 from sglang.srt.disaggregation.common import faults
-from sglang.srt.disaggregation.common.messages import (
-    AbortAckMsg,
-    AbortMsg,
-    MetadataMsg,
-    PongMsg,
-    RegisterMsg,
-    StatusMsg,
-)
-from sglang.srt.disaggregation.common.peer_probe import PeerProbe
+from sglang.srt.disaggregation.common.decode_peers import DecodePeers
+from sglang.srt.disaggregation.common.messages import AbortMsg, MetadataMsg
 from sglang.srt.disaggregation.common.room_table import (
-    PeerInfo,
-    add_destination,
     RoomTable,
     SenderRoom,
     TransferInfo,
+    add_destination,
 )
-from sglang.srt.disaggregation.common.tp_layout import slice_problem
 from sglang.srt.disaggregation.common.transfer_worker import Dest, TransferJob, TransferWorkers
 from sglang.srt.env import envs
 
 if TYPE_CHECKING:
     from sglang.srt.disaggregation.common.manager import CommonKVManager
+    from sglang.srt.disaggregation.common.peer_probe import PeerProbe
+    from sglang.srt.disaggregation.common.room_table import PeerInfo
 
 logger = logging.getLogger(__name__)
+
 
 class PrefillSide:
     def __init__(self, mgr: CommonKVManager):
         self.mgr = mgr
         self.rooms: RoomTable[SenderRoom] = RoomTable()
         self.lock = self.rooms.lock
-        self.peers: dict[str, PeerInfo] = {}
-        self.failed_peers = PeerProbe(mgr.endpoint, mgr.control.send)
+        self.decodes = DecodePeers(mgr, self.lock)
         self.infos: dict[int, list[TransferInfo]] = {}  # room -> its destinations (TP: several)
         self.early_aborts: dict[int, tuple[float, str]] = {}
         self.recent_failures: dict[int, tuple[float, str]] = {}  # cleared rooms that failed
@@ -64,37 +57,30 @@ class PrefillSide:
         self.workers = TransferWorkers(mgr, self, envs.transfer_threads)
         self._timeout_warned = False
 
-    # ---- control-plane handlers (control thread) -----------------------------------------
-    def on_register(self, msg: RegisterMsg) -> None:
-        peer = PeerInfo.of(msg)
-        problem = slice_problem(self.mgr.args, self.mgr.tp_info()["num_local_kv_heads"], msg)
-        if problem is not None:
-            logger.error("Refusing decode %s: %s", msg.peer, problem)
-            return
-        old = self.peers.get(msg.peer)
-        if old is not None and old.transfer == peer.transfer:
-            peer.handle = old.handle  # the same decode again: keep its engine state
-        else:
-            if old is not None:
-                self.mgr.remove_peer(old)
-            self.mgr.add_peer(peer)
-        with self.lock:
-            self.peers[msg.peer] = peer
-        self.failed_peers.restore(msg.peer, "it registered again")
-        shown = {k: v for k, v in peer.transfer.items() if not isinstance(v, bytes)}
-        logger.info("Decode %s registered its KV memory (%s)", msg.peer, shown)
+    # transfer_worker.py reads these (until it reads self.decodes)
+    @property
+    def peers(self) -> dict[str, PeerInfo]:
+        return self.decodes.peers
 
+    @property
+    def failed_peers(self) -> PeerProbe:
+        return self.decodes.failed
+
+    def mark_failed(self, peer: str) -> None:
+        self.decodes.failed.mark_failed(peer)
+
+    # ---- control-plane handlers (control thread) -----------------------------------------
     def on_metadata(self, msg: MetadataMsg) -> None:
-        if msg.peer not in self.peers:
+        if msg.peer not in self.decodes:
             reason = (
                 f"prefill instance {self.mgr.endpoint} does not know decode {msg.peer} "
                 f"(the prefill restarted?); the decode re-registers for its next request"
             )
             logger.warning("Request %d: %s", msg.room, reason)
-            self._send_status(msg.peer, msg.room, KVPoll.Failed, reason, reregister=True)
+            self.decodes.send_status(msg.peer, msg.room, KVPoll.Failed, reason, reregister=True)
             return
         info = TransferInfo(msg.peer, msg.pages().copy(), msg.dst_aux_index, msg.expected_dsts,
-                            msg.staged and bool(self.peers[msg.peer].stage_ptrs))
+                            msg.staged and bool(self.decodes.peers[msg.peer].stage_ptrs))
         with self.lock:
             dsts, old = add_destination(self.infos, msg.room, info)
             complete = len(dsts) == dsts[0].expected
@@ -104,7 +90,7 @@ class PrefillSide:
                       f"duplicate")
             logger.warning("Request %d: decode %s: %s", msg.room, msg.peer, reason)
             if old.peer != msg.peer:
-                self._send_status(msg.peer, msg.room, KVPoll.Failed, reason)
+                self.decodes.send_status(msg.peer, msg.room, KVPoll.Failed, reason)
             return
         with self.lock:
             st = self.rooms.get(msg.room)
@@ -117,7 +103,7 @@ class PrefillSide:
             if self.rooms.get(msg.room) is None:
                 with self.lock:
                     self.infos.pop(msg.room, None)
-            self._send_status(msg.peer, msg.room, KVPoll.Failed, reason)
+            self.decodes.send_status(msg.peer, msg.room, KVPoll.Failed, reason)
             return
         logger.debug(
             "Request %d: decode %s wants %d pages, aux row %d (%d of %d destinations)",
@@ -133,10 +119,10 @@ class PrefillSide:
             reason = f"the decode instance {msg.peer} failed the request: {msg.reason}"
         dsts = self.infos.get(msg.room)
         peers = [d.peer for d in dsts] if dsts else []
-        if msg.peer not in self.peers or (dsts and msg.peer not in peers):
+        if msg.peer not in self.decodes or (dsts and msg.peer not in peers):
             # a stranger's abort, or one for another decode's room: neither may touch it
             logger.warning("Request %d: abort from decode %s ignored (%s)", msg.room, msg.peer,
-                           "not registered" if not dsts or msg.peer not in self.peers
+                           "not registered" if not dsts or msg.peer not in self.decodes
                            else f"the room's decode is {peers[0]}")
             return
         with self.lock:
@@ -147,19 +133,8 @@ class PrefillSide:
                 logger.info("Request %d: %s", msg.room, reason)
         for other in peers:  # the room's other decode ranks: their prefill part failed too
             if other != msg.peer:
-                self._send_status(other, msg.room, KVPoll.Failed, reason)
-        self.workers.after_pending(msg.room, lambda: self._ack_abort(msg.peer, msg.room))
-
-    def on_pong(self, msg: PongMsg) -> None:
-        if msg.peer in self.peers:
-            self.failed_peers.restore(msg.peer, "it answered a probe")
-
-    def mark_failed(self, peer: str) -> None:
-        self.failed_peers.mark_failed(peer)
-
-    def _ack_abort(self, peer: str, room: int) -> None:
-        if self.mgr.control.send(peer, AbortAckMsg(self.mgr.endpoint, room)):
-            logger.debug("Request %d: abort acknowledged to %s", room, peer)
+                self.decodes.send_status(other, msg.room, KVPoll.Failed, reason)
+        self.workers.after_pending(msg.room, lambda: self.decodes.ack_abort(msg.peer, msg.room))
 
     # ---- sender API (scheduler thread) ---------------------------------------------------
     def add_sender(self, room: int, bootstrap_addr: str) -> bool:
@@ -271,13 +246,7 @@ class PrefillSide:
         logger.warning("Request %d failed: %s", room, reason)
         if notify:
             for info in list(self.infos.get(room) or ()):
-                self._send_status(info.peer, room, KVPoll.Failed, reason)
-
-    def _send_status(
-        self, peer: str, room: int, status: KVPoll, reason: str = "", reregister: bool = False
-    ) -> bool:
-        msg = StatusMsg(self.mgr.endpoint, room, int(status), reason, reregister)
-        return self.mgr.control.send(peer, msg)
+                self.decodes.send_status(info.peer, room, KVPoll.Failed, reason)
 
     def metric(self, room: int) -> dict[str, Any]:
         st = self.rooms.get(room)
@@ -298,5 +267,5 @@ class PrefillSide:
                     del table[room]
 
     def close(self) -> None:
-        self.failed_peers.close()
+        self.decodes.close()
         self.workers.close()
