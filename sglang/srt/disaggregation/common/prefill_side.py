@@ -38,8 +38,6 @@ from sglang.srt.env import envs
 
 if TYPE_CHECKING:
     from sglang.srt.disaggregation.common.manager import CommonKVManager
-    from sglang.srt.disaggregation.common.peer_probe import PeerProbe
-    from sglang.srt.disaggregation.common.room_table import PeerInfo
 
 logger = logging.getLogger(__name__)
 
@@ -56,18 +54,6 @@ class PrefillSide:
         self._last_purge = time.monotonic()
         self.workers = TransferWorkers(mgr, self, envs.transfer_threads)
         self._timeout_warned = False
-
-    # transfer_worker.py reads these (until it reads self.decodes)
-    @property
-    def peers(self) -> dict[str, PeerInfo]:
-        return self.decodes.peers
-
-    @property
-    def failed_peers(self) -> PeerProbe:
-        return self.decodes.failed
-
-    def mark_failed(self, peer: str) -> None:
-        self.decodes.failed.mark_failed(peer)
 
     # ---- control-plane handlers (control thread) -----------------------------------------
     def on_metadata(self, msg: MetadataMsg) -> None:

@@ -17,7 +17,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Iterator, Optional, Union
+from typing import TYPE_CHECKING, Callable, Iterator, Union
 
 import numpy as np
 
@@ -146,8 +146,8 @@ class TransferWorkers:
         st = side.rooms.get(room)
         if st is None or st.status == KVPoll.Failed:
             return False  # aborted or cleared: drop the chunk
-        peer = side.peers.get(dest.peer)
-        if peer is None or dest.peer in side.failed_peers:
+        peer = side.decodes.peers.get(dest.peer)
+        if peer is None or dest.peer in side.decodes.failed:
             side.fail(
                 room,
                 f"Decode instance {dest.peer} could be dead: an earlier transfer to it failed; "
@@ -185,7 +185,7 @@ class TransferWorkers:
                 self.mgr.write(peer, aux, "aux")
         except Exception as e:
             if not isinstance(e, faults.InjectedWriteFailure):
-                side.mark_failed(dest.peer)
+                side.decodes.failed.mark_failed(dest.peer)
             if st.status == KVPoll.Failed:  # fail() would say nothing of an aborted room
                 logger.warning("Request %d (aborted): write to %s failed: %s", room, dest.peer, e)
             side.fail(room, f"Failed to send kv chunk of {room} to {dest.peer}: {e}", notify=True)
