@@ -31,15 +31,11 @@ class SchedulerWatch:
     scheduler_info: dict[str, Any]
     dp: Any  # DataParallelController
 
-    def watch_scheduler(self, procs: Any) -> None:
-        """Poll the scheduler processes (one, a list: one per DP replica, or a dict: every rank
-        by its name, ``SchedulerHandle.named``); once one is gone, fail what waits on it and stop
-        the others (call once, from the event loop)."""
+    def watch_scheduler(self, procs: dict[str, Any]) -> None:
+        """Poll the scheduler processes (every rank by its name, ``SchedulerHandle.named``);
+        once one is gone, fail what waits on it and stop the others (call once, from the event
+        loop)."""
         if self._watch_task is None:
-            if not isinstance(procs, dict):
-                procs = procs if isinstance(procs, (list, tuple)) else [procs]
-                procs = {(f"DP rank {d}" if len(procs) > 1 else ""): p
-                         for d, p in enumerate(procs)}
             self._watch_task = asyncio.get_running_loop().create_task(self._watch(procs))
 
     async def _watch(self, procs: dict[str, Any]) -> None:
@@ -70,6 +66,8 @@ class SchedulerWatch:
         for p in others:
             if p.is_alive():
                 p.kill()
+        await asyncio.sleep(0.5)
+        any(p.is_alive() for p in others)  # reap them
 
     def _fail(self, state: Any, message: str) -> None:
         m = state.meta
