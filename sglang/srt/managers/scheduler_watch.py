@@ -55,19 +55,7 @@ class SchedulerWatch:
         for fut in list(self._rpc.values()):
             if not fut.done():
                 fut.set_exception(RuntimeError(self.scheduler_dead))
-        # the other ranks would exit at their next collective; a hung one (NCCL) might not
-        others = [p for p in procs.values() if p.is_alive()]
-        for p in others:
-            p.terminate()
-        for _ in range(20):  # is_alive() reaps an exited child: no zombie stays
-            if not any(p.is_alive() for p in others):
-                return
-            await asyncio.sleep(0.5)
-        for p in others:
-            if p.is_alive():
-                p.kill()
-        await asyncio.sleep(0.5)
-        any(p.is_alive() for p in others)  # reap them
+        await _stop_others(procs)
 
     def _fail(self, state: Any, message: str) -> None:
         m = state.meta
@@ -133,3 +121,24 @@ class SchedulerWatch:
     async def flush_cache(self) -> bool:
         """Flush every replica's prefix cache; False if any was busy (it keeps its cache)."""
         return all(await self.rpc_all("flush_cache"))
+
+
+async def _stop_others(procs: dict[str, Any]) -> None:
+    """SIGTERM (then SIGKILL after 10 s) the scheduler processes still alive, and reap them.
+    They would exit at their next collective with the dead rank anyway; a hung one (NCCL)
+    might not."""
+    alive = {name: p for name, p in procs.items() if p.is_alive()}
+    if not alive:
+        return
+    logger.error("stopping the other scheduler processes (%s)", ", ".join(alive))
+    for p in alive.values():
+        p.terminate()
+    for _ in range(20):  # is_alive() reaps an exited child: no zombie stays
+        if not any(p.is_alive() for p in alive.values()):
+            return
+        await asyncio.sleep(0.5)
+    for p in alive.values():
+        if p.is_alive():
+            p.kill()
+    await asyncio.sleep(0.5)
+    any(p.is_alive() for p in alive.values())  # reap them
