@@ -44,7 +44,7 @@ def launch_server(args: ServerArgs) -> None:
             os._exit(1)
         handles.append(handle)  # SIGTERM: uvicorn stops, then the finally below
         info = tm.scheduler_info
-        state.set_engine(tm, handle.leaders)
+        state.set_engine(tm, handle.named())
         logger.info(
             "serving %s on %s (mode=%s, device=%s, KV pool %d tokens, context %d)",
             args.served_model_name, advertised_url(args.host, args.port),

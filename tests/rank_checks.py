@@ -20,3 +20,15 @@ def kill_and_await_503(url: str, pid: int, timeout: float = 30) -> requests.Resp
         if r.status_code == 503 or time.time() > deadline:
             return r
         time.sleep(0.5)
+
+
+def rank_gone(pid: int, timeout: float = 15) -> bool:
+    """Has process ``pid`` (a scheduler rank) exited and been reaped within ``timeout``?"""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.1)
+    return False

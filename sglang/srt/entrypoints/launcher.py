@@ -33,13 +33,20 @@ SECRET_ENV = "SGLANG_DISAGGREGATION_BOOTSTRAP_SECRET"
 
 
 class SchedulerHandle:
-    """The scheduler processes; ``leaders`` are each DP replica's TP rank 0 (the ones the HTTP
-    process watches: a rank 0 exits when another rank of its group dies), ``proc`` the first."""
+    """The scheduler processes; ``leaders`` are each DP replica's TP rank 0, ``proc`` the first;
+    ``names``: each process's ranks ("DP rank 1, TP rank 0"; "" for a lone scheduler)."""
 
-    def __init__(self, procs: list[mp.Process], leaders: Optional[list[mp.Process]] = None):
+    def __init__(self, procs: list[mp.Process], leaders: Optional[list[mp.Process]] = None,
+                 names: Optional[list[str]] = None):  # fmt: skip
         self.procs = procs
         self.proc = procs[0]
         self.leaders = leaders or [procs[0]]
+        self.names = names or [""] * len(procs)
+
+    def named(self) -> dict[str, mp.Process]:
+        """Every process by its ranks' name (what the HTTP process watches: any one gone, the
+        server answers 503 naming it and stops the others)."""
+        return dict(zip(self.names, self.procs))
 
     def shutdown(self) -> None:
         for proc in self.procs:
@@ -160,13 +167,13 @@ def spawn_schedulers(args: ServerArgs, to_sched: Optional[list[str]] = None,
             procs.append(ctx.Process(target=_scheduler_main, daemon=True,
                                      args=(rargs, *addrs, writer, rank, dist_init, dp_rank)))
             readers.append(reader)
-            names.append(_rank_name(args, dp_rank, rank))
+            names.append(_ranks(args, dp_rank, rank))
             if rank == first:
                 leaders.append(procs[-1])
     _start_all(procs, _replica_env(args))
-    handle = SchedulerHandle(procs, leaders)
+    handle = SchedulerHandle(procs, leaders, names)
     atexit.register(handle.shutdown)
-    return handle, lambda: _wait_ready(procs, readers, handle, names)
+    return handle, lambda: _wait_ready(procs, readers, handle, list(map(_rank_name, names)))
 
 
 def _dist_init(args: ServerArgs, dp_rank: int) -> Optional[str]:
@@ -179,10 +186,14 @@ def _dist_init(args: ServerArgs, dp_rank: int) -> Optional[str]:
     return None
 
 
-def _rank_name(args: ServerArgs, dp_rank: int, rank: int) -> str:
-    parts = ([f"DP rank {dp_rank}"] if args.dp_size > 1 else []) + (
-        [f"TP rank {rank}"] if args.tp_size > 1 else [])
-    return f"scheduler ({', '.join(parts)})" if parts else "scheduler"
+def _ranks(args: ServerArgs, dp_rank: int, rank: int) -> str:
+    """"DP rank 1, TP rank 0", "TP rank 1", ...: "" with one scheduler process."""
+    return ", ".join(([f"DP rank {dp_rank}"] if args.dp_size > 1 else []) + (
+        [f"TP rank {rank}"] if args.tp_size > 1 else []))
+
+
+def _rank_name(ranks: str) -> str:
+    return f"scheduler ({ranks})" if ranks else "scheduler"
 
 
 def _wait_ready(procs: list, readers: list, handle: SchedulerHandle, names: list[str]

@@ -26,7 +26,7 @@ class ServerState:
     def __init__(self, args: ServerArgs, tm: Any = None, proc: Any = None):
         self.args = args
         self.tm = tm
-        self.proc = proc  # the scheduler process (a list: one per DP replica), watched once the
+        self.proc = proc  # the scheduler processes (``SchedulerHandle.named``), watched once the
         # event loop runs
         self.error: Optional[str] = None
         self._watched = False

@@ -1,10 +1,10 @@
 """The HTTP process's view of the scheduler processes: alive, answering, how loaded.
 
-A mixin of TokenizerManager: once a scheduler process is gone (with ``--dp-size`` N, any of
-the N replicas' rank 0), every waiting request ends with an abort (status 503) instead of
-hanging, and new ones fail at once; /health asks whether every replica answers within
-SGLANG_HEALTH_CHECK_TIMEOUT; /get_server_info, /get_load and /flush_cache ask every replica
-(one entry per DP rank, as SGLang's).
+A mixin of TokenizerManager: once a scheduler process is gone (any TP rank of any DP replica),
+every waiting request ends with an abort (status 503, naming the rank) instead of hanging, new
+ones fail at once, and the other scheduler processes are stopped; /health asks whether every
+replica answers within SGLANG_HEALTH_CHECK_TIMEOUT; /get_server_info, /get_load and
+/flush_cache ask every replica (one entry per DP rank, as SGLang's).
 """
 
 from __future__ import annotations
@@ -31,18 +31,20 @@ class SchedulerWatch:
     scheduler_info: dict[str, Any]
     dp: Any  # DataParallelController
 
-    def watch_scheduler(self, procs: Any) -> None:
-        """Poll the scheduler process (or one per DP replica, a list); once one is gone, fail
-        what waits on it (call once, from the event loop)."""
+    def watch_scheduler(self, procs: dict[str, Any]) -> None:
+        """Poll the scheduler processes (every rank by its name, ``SchedulerHandle.named``);
+        once one is gone, fail what waits on it and stop the others (call once, from the event
+        loop)."""
         if self._watch_task is None:
-            procs = procs if isinstance(procs, (list, tuple)) else [procs]
             self._watch_task = asyncio.get_running_loop().create_task(self._watch(procs))
 
-    async def _watch(self, procs: list) -> None:
-        while all(p.is_alive() for p in procs):
+    async def _watch(self, procs: dict[str, Any]) -> None:
+        while all(p.is_alive() for p in procs.values()):
             await asyncio.sleep(0.5)
-        d, proc = next((d, p) for d, p in enumerate(procs) if not p.is_alive())
-        which = f" of DP rank {d}" if len(procs) > 1 else ""
+        dead = [(name, p) for name, p in procs.items() if not p.is_alive()]
+        # a rank killed by a signal (negative code) before the ranks that exited because of it
+        name, proc = min(dead, key=lambda d: (d[1].exitcode or 0) >= 0)
+        which = f" of {name}" if name else ""
         self.scheduler_dead = (
             f"the scheduler process{which} exited (code {proc.exitcode}); the server cannot "
             "serve requests any more and must be restarted"
@@ -53,6 +55,7 @@ class SchedulerWatch:
         for fut in list(self._rpc.values()):
             if not fut.done():
                 fut.set_exception(RuntimeError(self.scheduler_dead))
+        await _stop_others(procs)
 
     def _fail(self, state: Any, message: str) -> None:
         m = state.meta
@@ -118,3 +121,24 @@ class SchedulerWatch:
     async def flush_cache(self) -> bool:
         """Flush every replica's prefix cache; False if any was busy (it keeps its cache)."""
         return all(await self.rpc_all("flush_cache"))
+
+
+async def _stop_others(procs: dict[str, Any]) -> None:
+    """SIGTERM (then SIGKILL after 10 s) the scheduler processes still alive, and reap them.
+    They would exit at their next collective with the dead rank anyway; a hung one (NCCL)
+    might not."""
+    alive = {name: p for name, p in procs.items() if p.is_alive()}
+    if not alive:
+        return
+    logger.error("stopping the other scheduler processes (%s)", ", ".join(alive))
+    for p in alive.values():
+        p.terminate()
+    for _ in range(20):  # is_alive() reaps an exited child: no zombie stays
+        if not any(p.is_alive() for p in alive.values()):
+            return
+        await asyncio.sleep(0.5)
+    for p in alive.values():
+        if p.is_alive():
+            p.kill()
+    await asyncio.sleep(0.5)
+    any(p.is_alive() for p in alive.values())  # reap them
