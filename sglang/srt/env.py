@@ -126,6 +126,13 @@ class _Env:
         prefix, _, rank = os.environ.get("SGLANG_TEST_DISAGG_CORRUPT_METADATA", "").rpartition(":")
         return (prefix, int(rank)) if prefix and rank.isdigit() else ("", -1)
 
+    @property
+    def dead_scheduler_exit_delay(self) -> float:
+        """Once a scheduler process (any rank) is gone, the HTTP server answers 503 this many
+        seconds, then exits with code 1 (as SGLang's server dies with its scheduler); < 0:
+        it keeps answering 503 until stopped."""
+        return _float("SGLANG_DEAD_SCHEDULER_EXIT_DELAY", 5.0)
+
     # HTTP server health (names and defaults as in SGLang)
     @property
     def health_check_timeout(self) -> float:

@@ -30,7 +30,9 @@ from sglang.test.server_utils import free_port, launch_server, spawn, wait_all
 # the reference server's (tests/conftest.py REFERENCE_ARGS): same greedy answers
 ARGS = ["--chunked-prefill-size", "32", "--page-size", "4", "--max-total-tokens", "4096",
         "--context-length", "1024", "--disaggregation-transfer-backend", "mooncake"]
-ENV = fm.ENV  # heartbeats and timeouts of a few seconds (SGLang's names)
+# heartbeats and timeouts of a few seconds (SGLang's names); a server whose rank died keeps
+# answering 503 while the test looks (it exits after this delay: test_tp_server checks that)
+ENV = {**fm.ENV, "SGLANG_DEAD_SCHEDULER_EXIT_DELAY": "120"}
 PREFILL_ENV = {**ENV, "SGLANG_TEST_DISAGG_TRANSFER_DELAY": "1.5"}  # each KV write in flight
 PROMPT = "Once upon a time, in a quiet village by the sea, there lived"
 GREEDY = {"temperature": 0, "max_new_tokens": 8, "ignore_eos": True}

@@ -30,7 +30,8 @@ PROMPTS = ["Hello, my name is", STORY + "One day", STORY + "The boats", "The cap
 
 @pytest.fixture(scope="module")
 def dp2(tiny_model, log_dir):
-    proc = launch_server(tiny_model, log_dir, "dp2", [*ARGS, "--dp-size", "2", "--enable-metrics"])
+    proc = launch_server(tiny_model, log_dir, "dp2", [*ARGS, "--dp-size", "2", "--enable-metrics"],
+                         {"SGLANG_DEAD_SCHEDULER_EXIT_DELAY": "60"})
     yield proc
     proc.stop()
 
@@ -82,7 +83,7 @@ def test_killed_replica_makes_the_server_answer_503(dp2):
     assert r.status_code == 503, r.text
     assert "scheduler process of DP rank 1 exited" in r.text
     assert requests.get(dp2.url + "/health", timeout=30).status_code == 503
-    assert dp2.alive()  # the HTTP process keeps answering
+    assert dp2.alive()  # the HTTP process keeps answering (until the exit delay above)
 
 
 @pytest.mark.parametrize("kwargs,needle", [

@@ -23,7 +23,8 @@ BLOCK_RID = "block-the-scheduler"
 
 @pytest.fixture(scope="module")
 def hung(tiny_model, log_dir):
-    env = {"SGLANG_HEALTH_CHECK_TIMEOUT": "1", "SGLANG_TEST_BLOCK_SCHEDULER_RID": BLOCK_RID}
+    env = {"SGLANG_HEALTH_CHECK_TIMEOUT": "1", "SGLANG_TEST_BLOCK_SCHEDULER_RID": BLOCK_RID,
+           "SGLANG_DEAD_SCHEDULER_EXIT_DELAY": "120"}  # answers 503 while the test looks
     proc = launch_server(tiny_model, log_dir, "watchdog", ["--max-total-tokens", "1024",
                          "--watchdog-timeout", "8"], env)
     yield proc
@@ -66,7 +67,7 @@ def test_hung_scheduler_health_503_then_watchdog_exit(hung):
     assert "Scheduler watchdog timeout" in log and "--watchdog-timeout 8.0" in log
     assert "Thread 0x" in log and "apply_test_hooks" in log  # faulthandler's dump
     assert "scheduler process exited (code 3)" in log
-    # the HTTP process keeps answering, with 503s
+    # the HTTP process keeps answering, with 503s (until SGLANG_DEAD_SCHEDULER_EXIT_DELAY)
     assert hung.alive()
     assert requests.get(url + "/health", timeout=10).status_code == 503
     assert requests.get(url + "/ready", timeout=10).status_code == 503

@@ -13,13 +13,20 @@ untouched) answers before any route:
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
+import logging
+import os
 from typing import Any, Optional
+
+from sglang.srt.env import envs
 
 from sglang.srt.server_args import ServerArgs
 
 AUTH_EXEMPT = ("/health", "/health_generate", "/metrics", "/ready")
+
+logger = logging.getLogger(__name__)
 
 
 class ServerState:
@@ -44,6 +51,26 @@ class ServerState:
         if not self._watched and self.tm is not None and self.proc is not None:
             self._watched = True
             self.tm.watch_scheduler(self.proc)
+            self.tm._watch_task.add_done_callback(self._after_scheduler_death)
+
+    def _after_scheduler_death(self, task: asyncio.Task) -> None:
+        """A dead scheduler is a dead server: the waiting requests got their 503 and the other
+        ranks were stopped (scheduler_watch.py); the HTTP process keeps answering 503 for
+        SGLANG_DEAD_SCHEDULER_EXIT_DELAY seconds (so the answers get out and a balancer's
+        health check sees it), then exits with code 1 for the orchestrator to restart it."""
+        if task.cancelled() or not getattr(self.tm, "scheduler_dead", None):
+            return
+        delay = envs.dead_scheduler_exit_delay
+        if delay < 0:
+            return
+        logger.error("exiting in %.1f s (SGLANG_DEAD_SCHEDULER_EXIT_DELAY)", delay)
+        asyncio.get_running_loop().call_later(delay, _exit_dead)
+
+
+def _exit_dead() -> None:
+    logger.error("exiting: the scheduler is gone")
+    logging.shutdown()
+    os._exit(1)
 
 
 class LateTM:
