@@ -87,16 +87,20 @@ def _generate(url: str) -> dict:
     return r.json()
 
 
-def _kill_rank1_in_flight(lb: str, prefill: str, victim) -> tuple:
+def _kill_rank1_in_flight(lb: str, prefill: str, victim, side: str) -> dict[int, int]:
     """One request through ``lb`` held with its KV write in flight, then ``victim``'s rank-1
-    scheduler SIGKILLed; (the client's outcome, seconds from the kill to it, rank pids)."""
+    scheduler SIGKILLed: the client gets 503 naming the rank, at once; returns the rank pids."""
     pids = _rank_pids(victim)
     call = Call(lb, {"text": PROMPT, "sampling_params": GREEDY})
     wait_for("a KV write in flight", lambda: pd_state(prefill)["disaggregation"]["inflight_queue"])
     os.kill(pids[1], signal.SIGKILL)
     t_kill = time.time()
     out = call.result(timeout=LIMIT * 2)
-    return out, out.at - t_kill, pids
+    print(f"{side} rank 1 killed: client saw {out.brief()} after {out.at - t_kill:.1f}s")
+    assert out.status == 503, out.brief()
+    assert DEAD in out.message, out.brief()
+    assert out.at - t_kill < LIMIT, out.brief()
+    return pids
 
 
 def _assert_dead_server(proc, pids: dict[int, int]) -> None:
@@ -115,11 +119,7 @@ def test_decode_rank_killed_in_flight(servers, unified):
     prefill, decode = servers["prefill"], servers["decode2"]
     want = _generate(unified)["output_ids"]
     assert _generate(servers["lb2"].url)["output_ids"] == want
-    out, seconds, pids = _kill_rank1_in_flight(servers["lb2"].url, prefill.url, decode)
-    print(f"decode rank 1 killed: client saw {out.brief()} after {seconds:.1f}s")
-    assert out.status == 503, out.brief()
-    assert DEAD in out.message, out.brief()
-    assert seconds < LIMIT, out.brief()
+    pids = _kill_rank1_in_flight(servers["lb2"].url, prefill.url, decode, "decode")
     _assert_dead_server(decode, pids)
     # the prefill freed the room on both ranks and serves another decode
     assert_pool_whole(prefill.url)
@@ -129,11 +129,7 @@ def test_decode_rank_killed_in_flight(servers, unified):
 
 def test_prefill_rank_killed_in_flight(servers, unified):
     prefill, decode = servers["prefill"], servers["decode1"]
-    out, seconds, pids = _kill_rank1_in_flight(servers["lb1"].url, prefill.url, prefill)
-    print(f"prefill rank 1 killed: client saw {out.brief()} after {seconds:.1f}s")
-    assert out.status == 503, out.brief()
-    assert DEAD in out.message, out.brief()
-    assert seconds < LIMIT, out.brief()
+    pids = _kill_rank1_in_flight(servers["lb1"].url, prefill.url, prefill, "prefill")
     _assert_dead_server(prefill, pids)
     assert requests.get(decode.url + "/health", timeout=10).status_code == 200
     assert_pool_whole(decode.url)
