@@ -69,24 +69,41 @@ def _packed(addr: str) -> bytes:
     return ipaddress.ip_address(addr).packed
 
 
+# a real agent in a child process: NIXL's teardown at interpreter exit can crash the process
+# (SIGSEGV after the tests passed: pytest's exit code would be 139), so the child leaves with
+# os._exit once it has printed what it saw
+AGENT_CHILD = """
+import json, os, sys
+import psutil
+from sglang.srt.disaggregation.nixl.agent import NixlAgent
+me = psutil.Process()
+def listeners():
+    return {(c.laddr.ip, c.laddr.port) for c in me.net_connections("inet")
+            if c.status == psutil.CONN_LISTEN}
+before = listeners()
+agent = NixlAgent("ucx-devices-test", "UCX", "127.0.0.3")
+out = {"net_devices": agent.net_devices, "env_left": "UCX_NET_DEVICES" in os.environ,
+       "listeners": sorted(ip for ip, _ in listeners() - before),
+       "metadata": agent.metadata().hex()}
+agent.close()
+print(json.dumps(out), flush=True)
+os._exit(0)
+"""
+
+
 def test_a_real_agent_listens_and_advertises_only_on_the_hosts_interface():
-    from sglang.srt.disaggregation.nixl.agent import NixlAgent
+    import json
+    import subprocess
+    import sys
 
-    me = psutil.Process()
-
-    def listeners() -> set[tuple[str, int]]:
-        return {(c.laddr.ip, c.laddr.port) for c in me.net_connections("inet")
-                if c.status == psutil.CONN_LISTEN}
-
-    before = listeners()
-    agent = NixlAgent("ucx-devices-test", "UCX", "127.0.0.3")
-    try:
-        assert agent.net_devices == LOOPBACK and ENV not in os.environ
-        ucx = listeners() - before
-        assert ucx and {ip for ip, _ in ucx} <= _ifaces()[LOOPBACK], ucx
-        metadata = agent.metadata()
-        for name, addrs in OTHERS.items():
-            for a in addrs:
-                assert _packed(a) not in metadata, (name, a)
-    finally:
-        agent.close()
+    env = {k: v for k, v in os.environ.items() if k != ENV}
+    r = subprocess.run([sys.executable, "-c", AGENT_CHILD], capture_output=True, text=True,
+                       timeout=120, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    seen = json.loads(r.stdout.strip().splitlines()[-1])
+    assert seen["net_devices"] == LOOPBACK and not seen["env_left"], seen["net_devices"]
+    assert seen["listeners"] and set(seen["listeners"]) <= _ifaces()[LOOPBACK], seen["listeners"]
+    metadata = bytes.fromhex(seen["metadata"])
+    for name, addrs in OTHERS.items():
+        for a in addrs:
+            assert _packed(a) not in metadata, (name, a)
