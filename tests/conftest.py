@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -14,10 +15,30 @@ sys.path.insert(0, str(ROOT / "tests" / "disaggregation"))
 MODEL_CACHE = Path(os.environ.get("SGLANG_TEST_MODEL_DIR", ROOT / "models"))
 
 
+_BUILDS: dict[str, subprocess.Popen] = {}  # preset -> its build in a child process
+
+
+def pytest_collection_finish(session) -> None:
+    """If a collected test needs the multilingual model and it is not built yet, build it in a
+    child process now, while the session builds (and uses) the tiny one: a build trains on one
+    core (about 30 s each here), so on 2 cores both take the time of one."""
+    preset = "tiny-multilingual"
+    if (MODEL_CACHE / f"{preset}-seed0").exists() or not any(
+            "multilingual_model" in getattr(item, "fixturenames", ()) for item in session.items):
+        return
+    code = ("import sys; from sglang.tools.create_model import cached_model; "
+            "cached_model(sys.argv[1], sys.argv[2])")
+    _BUILDS[preset] = subprocess.Popen([sys.executable, "-c", code, preset, str(MODEL_CACHE)],
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def built_model(preset: str, seed: int = 0) -> str:
     """A locally built model, made once and reused (models/ is git-ignored)."""
     from sglang.tools.create_model import cached_model
 
+    child = _BUILDS.pop(preset, None) if seed == 0 else None
+    if child is not None:
+        child.wait()  # then the cache has it (or, had the child failed, it is built here)
     return cached_model(preset, MODEL_CACHE, seed)
 
 
