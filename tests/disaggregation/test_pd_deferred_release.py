@@ -23,7 +23,7 @@ from sglang.test.server_utils import free_port, launch_server, wait_all
 
 ARGS = ["--page-size", "4", "--max-total-tokens", "2048", "--chunked-prefill-size", "32"]
 DECODE_ENV = {
-    "SGLANG_DISAGGREGATION_DEFERRED_DECODE_KV_RELEASE_TIMEOUT": "15",
+    "SGLANG_DISAGGREGATION_DEFERRED_DECODE_KV_RELEASE_TIMEOUT": "8",
     "SGLANG_DISAGGREGATION_HEARTBEAT_INTERVAL": "0.5",
     "SGLANG_DISAGGREGATION_HEARTBEAT_MAX_FAILURE": "2",
 }
@@ -60,7 +60,7 @@ def prefill_server(tiny_model, log_dir, name, delay):
 @pytest.fixture(scope="module")
 def servers(tiny_model, log_dir):
     """The module's three servers, started at once: the decode, and a prefill for each test."""
-    procs = {"held": prefill_server(tiny_model, log_dir, "held-prefill", 4),
+    procs = {"held": prefill_server(tiny_model, log_dir, "held-prefill", 2),
              "doomed": prefill_server(tiny_model, log_dir, "doomed-prefill", 60)}
     procs["decode"] = (launch_server(tiny_model, log_dir, "held-decode",
                                      ["--disaggregation-mode", "decode", *ARGS], DECODE_ENV,

@@ -36,7 +36,9 @@ PROMPTS = [
 
 @pytest.fixture(scope="module")
 def tp2(tiny_model, log_dir):
-    proc = launch_server(tiny_model, log_dir, "tp2", [*ARGS, "--tp-size", "2"])
+    # a dead rank's server exits 1 s after its 503s begin (5 s by default)
+    proc = launch_server(tiny_model, log_dir, "tp2", [*ARGS, "--tp-size", "2"],
+                         {"SGLANG_DEAD_SCHEDULER_EXIT_DELAY": "1"})
     yield proc
     proc.stop()
 
@@ -76,7 +78,7 @@ def test_killed_rank_makes_the_server_answer_503(tp2):
     assert r.status_code == 503, r.text
     assert "the scheduler process of TP rank 1 exited (code -9)" in r.text, r.text
     assert rank_gone(int(pids["0"])), "rank 0 still runs"  # it exited too (and was reaped)
-    # then the whole server exits with code 1 (after SGLANG_DEAD_SCHEDULER_EXIT_DELAY, 5 s)
+    # then the whole server exits with code 1 (after SGLANG_DEAD_SCHEDULER_EXIT_DELAY)
     assert tp2.popen.wait(60) == 1, tp2.log_tail(20)
     assert "exiting: the scheduler is gone" in tp2.log_tail(40)
 
