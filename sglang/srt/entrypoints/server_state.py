@@ -21,7 +21,6 @@ import os
 from typing import Any, Optional
 
 from sglang.srt.env import envs
-
 from sglang.srt.server_args import ServerArgs
 
 AUTH_EXEMPT = ("/health", "/health_generate", "/metrics", "/ready")
@@ -50,15 +49,14 @@ class ServerState:
         """Start watching the scheduler process (from the event loop, once)."""
         if not self._watched and self.tm is not None and self.proc is not None:
             self._watched = True
-            self.tm.watch_scheduler(self.proc)
-            self.tm._watch_task.add_done_callback(self._after_scheduler_death)
+            self.tm.watch_scheduler(self.proc).add_done_callback(self._after_scheduler_death)
 
     def _after_scheduler_death(self, task: asyncio.Task) -> None:
         """A dead scheduler is a dead server: the waiting requests got their 503 and the other
         ranks were stopped (scheduler_watch.py); the HTTP process keeps answering 503 for
         SGLANG_DEAD_SCHEDULER_EXIT_DELAY seconds (so the answers get out and a balancer's
         health check sees it), then exits with code 1 for the orchestrator to restart it."""
-        if task.cancelled() or not getattr(self.tm, "scheduler_dead", None):
+        if task.cancelled() or not self.tm.scheduler_dead:
             return
         delay = envs.dead_scheduler_exit_delay
         if delay < 0:

@@ -31,12 +31,13 @@ class SchedulerWatch:
     scheduler_info: dict[str, Any]
     dp: Any  # DataParallelController
 
-    def watch_scheduler(self, procs: dict[str, Any]) -> None:
+    def watch_scheduler(self, procs: dict[str, Any]) -> asyncio.Task:
         """Poll the scheduler processes (every rank by its name, ``SchedulerHandle.named``);
-        once one is gone, fail what waits on it and stop the others (call once, from the event
-        loop)."""
+        once one is gone, fail what waits on it and stop the others (call from the event loop).
+        Returns the watch, which ends once that is done."""
         if self._watch_task is None:
             self._watch_task = asyncio.get_running_loop().create_task(self._watch(procs))
+        return self._watch_task
 
     async def _watch(self, procs: dict[str, Any]) -> None:
         while all(p.is_alive() for p in procs.values()):
